@@ -1,0 +1,160 @@
+"""One config tree for every component. YAML in, validated, with errors that name the key and the file.
+
+The same file feeds the CLI (`raygen demo --config F`), the Ray jobs (`pipelines/*.py --config F`) and
+`serve run` (cluster/config.yaml passes `config:` to `raygen.serve.app:build_app`). Defaults are the demo:
+they run on a 2-core laptop; scale out by changing numbers, never code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raygen import paths
+from raygen.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Model):
+    builtin: bool = Field(True, description="Include the built-in corpus: CPython's documentation topics.")
+    paths: list[str] = Field(default_factory=list, description="Files or directories of .txt/.md/.jsonl.")
+    jsonl_text_key: str = Field("text", description="The field holding the document text in .jsonl rows.")
+    normalization: Literal["NFC", "NFKC"] = Field("NFKC", description="Unicode normalization form.")
+    min_chars: int = Field(200, ge=1, description="Documents shorter than this after cleaning are dropped.")
+    output_dir: str = Field("data/demo", description="Where tokenizer, Parquet shards and stats go.")
+
+
+class FeaturesConfig(_Model):
+    vocab_size: int = Field(4096, ge=300, le=262144, description="Byte-level BPE vocabulary size.")
+    block_size: int = Field(128, ge=8, description="Tokens per packed training sequence.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents (by hash) held out.")
+    pack_batch_docs: int = Field(64, ge=1, description="Documents packed together; leftovers are dropped.")
+
+
+class ModelConfig(_Model):
+    family: Literal["gpt2"] = Field("gpt2", description="transformers architecture family.")
+    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
+    n_embd: int = Field(256, ge=8, description="Hidden size.")
+    n_head: int = Field(4, ge=1, description="Attention heads; must divide n_embd.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention, residual and embeddings.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+        return self
+
+
+class TrainConfig(_Model):
+    run_name: str = Field("demo", description="Ray Train run name; checkpoints go to storage_path/run_name.")
+    storage_path: str = Field("runs", description="Ray Train storage (a local path or a URI).")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one process each).")
+    cpus_per_worker: float = Field(
+        0.5, gt=0, description="CPUs each worker reserves; leave some free for Ray Data's read tasks.")
+    torch_threads: int = Field(0, ge=0, description="torch threads per worker; 0: the node's cores ÷ workers.")
+    use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    micro_batch_size: int = Field(16, ge=1, description="Sequences per worker per step.")
+    max_steps: int = Field(150, ge=1, description="Optimizer steps.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine schedule floor as a share of lr.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clipping; 0 disables it.")
+    seed: int = Field(0, description="Seeds model init and data order.")
+    log_every: int = Field(10, ge=1, description="Print a progress line every N steps (rank 0).")
+
+
+class RegistryConfig(_Model):
+    root: str = Field("models", description="Registry directory: <root>/<name>/<version>/.")
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Model name.")
+
+
+class ServeConfig(_Model):
+    host: str = Field("127.0.0.1", description="HTTP bind address of Serve's proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
+    version: str = Field("latest", description="Registry version (v3) or alias (latest, production).")
+    max_tokens_default: int = Field(64, ge=1, description="max_tokens when a request gives none.")
+    max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    llm_replicas: int = Field(1, ge=1, description="Model replicas.")
+    llm_num_cpus: float = Field(1, gt=0, description="CPUs each model replica reserves.")
+    torch_threads: int = Field(0, ge=0, description="torch threads per model replica; 0: all cores.")
+
+
+class RaygenConfig(_Model):
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    def resolved(self) -> "RaygenConfig":
+        """A copy whose local paths are absolute (Ray workers run in other directories)."""
+        out = self.model_copy(deep=True)
+        out.data.paths = [str(paths.resolve(p)) for p in self.data.paths]
+        out.data.output_dir = str(paths.resolve(self.data.output_dir))
+        if "://" not in self.train.storage_path:
+            out.train.storage_path = str(paths.resolve(self.train.storage_path))
+        out.registry.root = str(paths.resolve(self.registry.root))
+        return out
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see raygen/config.py for the fields)")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=20")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RaygenConfig:
+    """Read YAML (or the defaults), apply `section.key=value` overrides, validate, resolve paths."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    return validate_config(raw, source)
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RaygenConfig:
+    try:
+        return RaygenConfig.model_validate(raw).resolved()
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from exc

@@ -1,0 +1,1 @@
+"""Data curation as streaming Ray Data stages: collect → clean → dedup → features."""

@@ -1,0 +1,47 @@
+"""raygen's exception tree. Library errors are translated at the edge (`raise X(...) from exc`).
+
+    RaygenError                      every error raygen raises on purpose; str() is the user-facing message
+    ├── ConfigError                  a config file or value is wrong (names the key and the file)
+    ├── DataError                    input data is missing, unreadable or empty after cleaning
+    ├── TrainingError                training could not start or did not finish
+    ├── RegistryError                the model registry is missing a model, version or alias
+    └── RequestError                 an API request is wrong; carries the HTTP status and OpenAI error type
+"""
+
+from __future__ import annotations
+
+
+class RaygenError(Exception):
+    """Base class: the message is meant for the user and says what to do."""
+
+
+class ConfigError(RaygenError):
+    pass
+
+
+class DataError(RaygenError):
+    pass
+
+
+class TrainingError(RaygenError):
+    pass
+
+
+class RegistryError(RaygenError):
+    pass
+
+
+class RequestError(RaygenError):
+    """A client error, rendered as OpenAI's error body by the ingress."""
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None,
+                 type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status  # HTTP status code
+        self.param = param  # the request field at fault, when there is one
+        self.type = type  # OpenAI error type
+        self.code = code
+
+    def to_body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -1,0 +1,1 @@
+"""The serving graph on Ray Serve: Ingress → Preprocessor → LLMServer → Postprocessor."""

@@ -1,0 +1,90 @@
+"""OpenAI-compatible request bodies and the sampling parameters that cross the graph. No Ray in here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from raygen.errors import RequestError
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions. Unknown OpenAI fields are ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str | list[int] | list[str]
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list) and v and isinstance(v[0], str):
+            if len(v) != 1:
+                raise ValueError("batched prompts (a list of strings) are not supported yet; send one per request")
+            v = v[0]
+        if isinstance(v, str) and not v:
+            raise ValueError("prompt must not be empty")
+        if isinstance(v, list) and not v:
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return stops
+
+
+def parse_request(body: Any, model_cls: type[BaseModel] = CompletionRequest) -> BaseModel:
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    try:
+        return model_cls.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise RequestError(f"{param}: {msg}" if param else msg, param=param) from exc
+
+
+@dataclass
+class SamplingParams:
+    """What the model replica needs to generate; validated and defaulted by the preprocessor."""
+
+    max_tokens: int  # new tokens to generate at most
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # applied on text by the postprocessor
+    stop_token_ids: list[int] = field(default_factory=list)  # EOS and friends, applied by the model replica
+
+
+@dataclass
+class Delta:
+    """One chunk of a streamed completion, as it leaves the postprocessor."""
+
+    text: str  # new text since the previous delta
+    token_ids: list[int]  # the new tokens behind it
+    finish_reason: str | None = None  # "stop" | "length" on the last delta
+    prompt_tokens: int = 0  # usage: set on the last delta
+    completion_tokens: int = 0
