@@ -43,5 +43,20 @@ class RequestError(RaygenError):
         self.type = type  # OpenAI error type
         self.code = code
 
+    def __reduce__(self):  # survive pickling across Ray handle calls with status and param intact
+        return (_rebuild_request_error, (self.message, self.status, self.param, self.type, self.code))
+
     def to_body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _rebuild_request_error(message, status, param, type, code) -> RequestError:
+    return RequestError(message, status=status, param=param, type=type, code=code)
+
+
+def as_request_error(exc: BaseException) -> RequestError | None:
+    """The RequestError behind an exception, also when Ray wrapped it on its way across a handle call."""
+    for e in (exc, getattr(exc, "cause", None), exc.__cause__):
+        if isinstance(e, RequestError):
+            return e
+    return None

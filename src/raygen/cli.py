@@ -1,0 +1,166 @@
+"""`raygen`: demo, data, train, serve, promote, models. Flags pick a config and override a few knobs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from raygen.errors import RaygenError
+
+SMOKE_PROMPT = "The for statement is used to"
+
+
+def _config(args):
+    from raygen.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "data", None):
+        overrides.append(f"data.paths={args.data!r}".replace("'", '"'))
+    if getattr(args, "port", None):
+        overrides.append(f"serve.port={args.port}")
+    cfg = load_config(args.config, overrides)
+    print(f"[raygen] config: {cfg.model_dump_json()}", flush=True)
+    return cfg
+
+
+def _banner(step: str) -> None:
+    print(f"\n=== {step} ===", flush=True)
+
+
+def cmd_demo(args) -> int:
+    from raygen.cluster import init_ray
+    from raygen.data.pipeline import prepare_data
+    from raygen.serve import app
+    from raygen.train.trainer import train
+    from raygen.workflow import complete, curl_line, register, wait_ready
+
+    cfg = _config(args)
+    t0 = time.time()
+    dashboard = init_ray()
+    print(f"[raygen] Ray dashboard: {dashboard or 'off'}", flush=True)
+    _banner("1-3/7 collect, clean, features")
+    prepare_data(cfg)
+    _banner("4/7 train (Ray Train + DeepSpeed)")
+    outcome = train(cfg)
+    m = outcome.metrics
+    print(f"[raygen] loss {m['first_loss']:.3f} → {m['loss']:.3f}; val loss {m['val_loss']:.3f}, "
+          f"val perplexity {m['val_ppl']:.1f}", flush=True)
+    _banner("5/7 register")
+    register(cfg, outcome)
+    _banner("6/7 serve")
+    from ray import serve
+
+    try:
+        url = app.run(cfg)
+        wait_ready(url)
+        print(f"[raygen] serving {cfg.registry.name} at {url}", flush=True)
+        _banner("7/7 smoke")
+        out = complete(url, SMOKE_PROMPT, max_tokens=32, temperature=0)
+        print(f"[raygen] prompt: {SMOKE_PROMPT!r}\n[raygen] completion: {out['choices'][0]['text']!r}\n"
+              f"[raygen] usage: {out['usage']}", flush=True)
+        print(f"[raygen] demo done in {time.time() - t0:.0f}s", flush=True)
+        if args.smoke:
+            return 0
+        print(f"\nServing at {url} (OpenAI-compatible). Try:\n  {curl_line(url, SMOKE_PROMPT)}\n"
+              "Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        serve.shutdown()
+
+
+def cmd_data(args) -> int:
+    from raygen.cluster import init_ray
+    from raygen.data.pipeline import prepare_data
+
+    cfg = _config(args)
+    init_ray()
+    prepare_data(cfg)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from raygen.cluster import init_ray
+    from raygen.train.trainer import train
+    from raygen.workflow import register
+
+    cfg = _config(args)
+    init_ray()
+    register(cfg, train(cfg))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from ray import serve
+
+    from raygen.cluster import init_ray
+    from raygen.serve import app
+
+    cfg = _config(args)
+    init_ray()
+    try:
+        url = app.run(cfg)
+        print(f"[raygen] serving at {url}; Ctrl-C to stop", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        serve.shutdown()
+
+
+def cmd_promote(args) -> int:
+    from raygen.registry import Registry
+
+    cfg = _config(args)
+    reg = Registry(cfg.registry.root)
+    reg.set_alias(cfg.registry.name, args.alias, args.version)
+    print(f"{cfg.registry.name}: {args.alias} → {reg.resolve(cfg.registry.name, args.alias)[0]}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from raygen.registry import Registry
+
+    cfg = _config(args)
+    reg = Registry(cfg.registry.root)
+    name = cfg.registry.name
+    print(f"{name}: versions {reg.versions(name)}, aliases {reg.aliases(name)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="raygen", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help):
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("--config", help="raygen YAML config (defaults: the demo)")
+        sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    d = add("demo", cmd_demo, "raw text → cleaned data → trained model → registry → served API")
+    d.add_argument("--data", action="append", metavar="PATH", help="extra .txt/.md/.jsonl files or directories")
+    d.add_argument("--smoke", action="store_true", help="exit after the first answer")
+    d.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    add("data", cmd_data, "run the data stage").add_argument("--data", action="append", metavar="PATH")
+    add("train", cmd_train, "train on prepared data and register the model")
+    add("serve", cmd_serve, "serve a registered model").add_argument("--port", type=int)
+    pr = add("promote", cmd_promote, "point an alias (default: production) at a version")
+    pr.add_argument("version")
+    pr.add_argument("--alias", default="production")
+    add("models", cmd_models, "list versions and aliases")
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except RaygenError as exc:
+        print(f"raygen: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
