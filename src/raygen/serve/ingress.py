@@ -1,6 +1,8 @@
 """Ingress deployment: the OpenAI-compatible HTTP API behind Serve's proxy. Errors map to OpenAI's body here."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastAPI must see the real `Request` type, or it reads the
+# parameter as a query field and answers 422.
+
 
 import json
 import time

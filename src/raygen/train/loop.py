@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 
@@ -57,6 +58,9 @@ def train_loop_per_worker(config: dict) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed  # after DS_ACCELERATOR: it picks its accelerator at import
 
+    # DeepSpeed's ZeRO calls a torch.distributed collective that warns on every step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
     # Ray sets OMP threads from the (fractional) CPU reservation; size torch's pool to the real cores.
     torch.set_num_threads(tc.torch_threads or max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
@@ -89,27 +93,35 @@ def train_loop_per_worker(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     tokens_per_step = tc.micro_batch_size * config["block_size"] * ctx.get_world_size()
     step, first_loss, t_start = 0, None, time.time()
+    t_step = (0, t_start)  # (step, time) of the last report: throughput is measured between reports
     while step < tc.max_steps:
         epoch_batches = train_shard.iter_torch_batches(
             batch_size=tc.micro_batch_size, dtypes=torch.long, device=device, drop_last=True,
             local_shuffle_buffer_size=256, local_shuffle_seed=tc.seed + step)
         for batch in epoch_batches:
-            t = time.time()
             ids = batch["input_ids"]  # (B, T)
             loss = engine(input_ids=ids, labels=ids).loss
             engine.backward(loss)
             engine.step()
+            step += 1
+            last = step >= tc.max_steps
+            if step % tc.log_every and step != 1 and not last:
+                continue
+            # Every log_every steps: reduce the loss across workers and report. ray.train.report is a
+            # barrier through the controller (~1 s here), so reporting every step would dominate.
             loss_value = _mean_across_workers(loss.item(), device)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training loss is {loss_value} at step {step}; lower train.lr")
             first_loss = loss_value if first_loss is None else first_loss
-            metrics = {"step": step + 1, "loss": loss_value, "first_loss": first_loss,
-                       "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_step / (time.time() - t)}
-            step += 1
-            if rank == 0 and (step % tc.log_every == 0 or step in (1, tc.max_steps)):
+            now = time.time()
+            metrics = {"step": step, "loss": loss_value, "first_loss": first_loss,
+                       "lr": scheduler.get_last_lr()[0],
+                       "tokens_per_s": tokens_per_step * (step - t_step[0]) / (now - t_step[1])}
+            t_step = (step, now)
+            if rank == 0:
                 print(f"[raygen train] step {step}/{tc.max_steps} loss {loss_value:.4f} lr {metrics['lr']:.2e} "
                       f"{metrics['tokens_per_s']:.0f} tok/s", flush=True)
-            if step >= tc.max_steps:
+            if last:
                 break
             ray.train.report(metrics)
     if step == 0:

@@ -1,0 +1,40 @@
+"""Ray jobs and data-stage errors on the shared local Ray. Runs after test_integration.py has shut its
+Serve app down, so the 2 CPUs are free for Ray Data tasks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_ray_job_submit_prepare_data(ray_cluster, tmp_path):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("data:\n  output_dir: jobdata\nfeatures:\n  vocab_size: 400\n  block_size: 32\n")
+    env_json = json.dumps({"env_vars": {"RAYGEN_HOME": str(tmp_path)}})
+    out = subprocess.run(
+        [f"{sys.executable[:-len('python')]}ray", "job", "submit", "--address", ray_cluster["dashboard"],
+         "--working-dir", str(REPO), "--runtime-env-json", env_json, "--",
+         "python", "pipelines/prepare_data.py", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=600, env=ray_cluster["env"], cwd=REPO)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "succeeded" in out.stdout
+    stats = json.loads((tmp_path / "jobdata" / "stats.json").read_text())
+    assert stats["num_documents"] > 50 and stats["block_size"] == 32
+
+
+def test_empty_corpus_is_a_clear_error(ray_cluster, tmp_path):
+    from raygen.config import load_config
+    from raygen.data.pipeline import prepare_data
+    from raygen.errors import DataError
+
+    (tmp_path / "short.txt").write_text("too short")
+    cfg = load_config(None, ["data.builtin=false", f"data.paths=[{tmp_path}]", f"data.output_dir={tmp_path}/out"])
+    with pytest.raises(DataError, match="empty after cleaning.*too_short"):
+        prepare_data(cfg)
