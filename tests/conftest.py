@@ -3,6 +3,7 @@ joined by the test process. Started on first use, stopped at the end of the sess
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -71,7 +72,7 @@ def tiny_config(tmp_path_factory):
     # Planted records: a bad JSON line, a row without text, a too-short doc and an exact duplicate.
     doc = "A user document about Ray Serve deployments and how replicas scale. " * 5
     (extra / "docs.jsonl").write_text(
-        "\n".join(['{"text": "%s"}' % doc, '{"text": "%s"}' % doc, "{broken", '{"body": "x"}',
+        "\n".join([json.dumps({"text": doc}), json.dumps({"text": doc}), "{broken", '{"body": "x"}',
                    '{"text": "tiny"}']) + "\n")
     (extra / "notes.md").write_text("# Notes\n\n" + "Markdown notes on training with DeepSpeed. " * 10)
     return load_config(None, TINY + [f"data.output_dir={home}/data", f"data.paths=[{extra}]",

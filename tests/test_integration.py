@@ -10,7 +10,6 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 

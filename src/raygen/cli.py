@@ -56,7 +56,7 @@ def cmd_demo(args) -> int:
         wait_ready(url)
         print(f"[raygen] serving {cfg.registry.name} at {url}", flush=True)
         _banner("7/7 smoke")
-        out = complete(url, SMOKE_PROMPT, max_tokens=32, temperature=0)
+        out = complete(url, SMOKE_PROMPT, max_tokens=32, temperature=0.7, seed=0)
         print(f"[raygen] prompt: {SMOKE_PROMPT!r}\n[raygen] completion: {out['choices'][0]['text']!r}\n"
               f"[raygen] usage: {out['usage']}", flush=True)
         print(f"[raygen] demo done in {time.time() - t0:.0f}s", flush=True)

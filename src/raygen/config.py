@@ -45,7 +45,7 @@ class ModelConfig(_Model):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention, residual and embeddings.")
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "ModelConfig":
+    def _heads_divide(self) -> ModelConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
         return self
@@ -96,7 +96,7 @@ class RaygenConfig(_Model):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
-    def resolved(self) -> "RaygenConfig":
+    def resolved(self) -> RaygenConfig:
         """A copy whose local paths are absolute (Ray workers run in other directories)."""
         out = self.model_copy(deep=True)
         out.data.paths = [str(paths.resolve(p)) for p in self.data.paths]

@@ -67,7 +67,7 @@ def tokenize_and_pack(batch: dict, tokenizer_dir: str, block_size: int, val_frac
     ids = tok(texts, add_special_tokens=False)["input_ids"]
     out_blocks, out_split, out_dropped = [], [], []
     for split in ("train", "val"):
-        docs = [d for d, h in zip(ids, hashes) if in_val_split(h, val_fraction) == (split == "val")]
+        docs = [d for d, h in zip(ids, hashes, strict=True) if in_val_split(h, val_fraction) == (split == "val")]
         blocks, dropped = pack(docs, tok.eos_token_id, block_size)
         out_blocks.append(blocks)
         out_split += [split] * len(blocks)

@@ -51,7 +51,7 @@ def load_stats(output_dir: str | Path) -> DataStats:
 
 def _clean_batch(batch: pd.DataFrame, form: str, min_chars: int) -> pd.DataFrame:
     texts = [clean.clean_text(t, form) for t in batch["text"]]
-    reasons = [r or clean.drop_reason(t, min_chars) for r, t in zip(batch["drop_reason"], texts)]
+    reasons = [r or clean.drop_reason(t, min_chars) for r, t in zip(batch["drop_reason"], texts, strict=True)]
     return pd.DataFrame({"text": texts, "source": batch["source"], "drop_reason": reasons,
                          "hash": [clean.content_hash(t) for t in texts]})
 
@@ -83,18 +83,21 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
         _clean_batch, batch_format="pandas",
         fn_kwargs={"form": cfg.data.normalization, "min_chars": cfg.data.min_chars},
     ).materialize()
-    counts = {r["drop_reason"]: r["count()"] for r in tagged.groupby("drop_reason").count().take_all()}
+    counts = {r["drop_reason"]: r["count()"] for r in tagged.groupby("drop_reason", num_partitions=1).count().take_all()}
     num_collected = sum(counts.values())
-    kept = tagged.filter(lambda r: r["drop_reason"] == "")
-    deduped = kept.groupby("hash").map_groups(_first_of_group, batch_format="pandas").materialize()
-    num_docs = deduped.count()
     dropped = {k: v for k, v in counts.items() if k}
-    dropped[clean.DROP_DUPLICATE] = counts.get("", 0) - num_docs
-    stages["clean"] = time.time() - t
-    _log(f"clean: {num_collected} collected → {num_docs} kept; dropped {dropped}")
-    if num_docs == 0:
+    if not counts.get("", 0):
         raise DataError(f"the corpus is empty after cleaning ({num_collected} documents in, dropped {dropped}); "
                         f"add data or lower data.min_chars (now {cfg.data.min_chars})")
+    kept = tagged.filter(lambda r: r["drop_reason"] == "")
+    # Partitions scale with the data (one per ~2k documents), not Ray's default of 200 reduce tasks.
+    partitions = max(1, min(200, counts[""] // 2000))
+    deduped = kept.groupby("hash", num_partitions=partitions).map_groups(
+        _first_of_group, batch_format="pandas").materialize()
+    num_docs = deduped.count()
+    dropped[clean.DROP_DUPLICATE] = counts[""] - num_docs
+    stages["clean"] = time.time() - t
+    _log(f"clean: {num_collected} collected → {num_docs} kept; dropped {dropped}")
 
     t = time.time()
     if out.exists():
@@ -110,7 +113,7 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
         fn_kwargs={"tokenizer_dir": str(tok_dir), "block_size": cfg.features.block_size,
                    "val_fraction": cfg.features.val_fraction},
     ).materialize()
-    split_counts = {r["split"]: r["count()"] for r in packed.groupby("split").count().take_all()}
+    split_counts = {r["split"]: r["count()"] for r in packed.groupby("split", num_partitions=1).count().take_all()}
     n_train, n_val = split_counts.get("train", 0), split_counts.get("val", 0)
     if n_train == 0 or n_val == 0:
         raise DataError(f"packing gave {n_train} train and {n_val} val blocks of {cfg.features.block_size} "
