@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+
+def _say(msg: str) -> None:
+    # Not print(): Ray Train V2 patches print to tee into its logger, so every line would show twice.
+    sys.stdout.write(f"[raygen train] {msg}\n")
+    sys.stdout.flush()
 
 
 def _mean_across_workers(value: float, device) -> float:
@@ -86,9 +93,9 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
     if rank == 0:
-        print(f"[raygen train] {num_params(model) / 1e6:.2f}M params, ZeRO-{tc.zero_stage}, "
+        _say(f"{num_params(model) / 1e6:.2f}M params, ZeRO-{tc.zero_stage}, "
               f"{ctx.get_world_size()} workers × {tc.micro_batch_size} × {config['block_size']} tokens/step, "
-              f"device {device}", flush=True)
+              f"device {device}")
 
     train_shard = ray.train.get_dataset_shard("train")
     tokens_per_step = tc.micro_batch_size * config["block_size"] * ctx.get_world_size()
@@ -119,8 +126,8 @@ def train_loop_per_worker(config: dict) -> None:
                        "tokens_per_s": tokens_per_step * (step - t_step[0]) / (now - t_step[1])}
             t_step = (step, now)
             if rank == 0:
-                print(f"[raygen train] step {step}/{tc.max_steps} loss {loss_value:.4f} lr {metrics['lr']:.2e} "
-                      f"{metrics['tokens_per_s']:.0f} tok/s", flush=True)
+                _say(f"step {step}/{tc.max_steps} loss {loss_value:.4f} lr {metrics['lr']:.2e} "
+                      f"{metrics['tokens_per_s']:.0f} tok/s")
             if last:
                 break
             ray.train.report(metrics)
@@ -131,8 +138,8 @@ def train_loop_per_worker(config: dict) -> None:
     metrics.update(val_loss=val_loss, val_ppl=math.exp(val_loss) if math.isfinite(val_loss) else float("nan"),
                    train_seconds=time.time() - t_start)
     if rank == 0:
-        print(f"[raygen train] done: loss {first_loss:.3f} → {metrics['loss']:.3f}, val loss {val_loss:.3f} "
-              f"(perplexity {metrics['val_ppl']:.1f})", flush=True)
+        _say(f"done: loss {first_loss:.3f} → {metrics['loss']:.3f}, val loss {val_loss:.3f} "
+              f"(perplexity {metrics['val_ppl']:.1f})")
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(os.path.join(tmp, "deepspeed"), tag=f"step{step}")  # collective
         # Consolidated Hugging Face weights: under ZeRO-3 parameters are gathered (collective).
