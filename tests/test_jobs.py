@@ -38,3 +38,31 @@ def test_empty_corpus_is_a_clear_error(ray_cluster, tmp_path):
     cfg = load_config(None, ["data.builtin=false", f"data.paths=[{tmp_path}]", f"data.output_dir={tmp_path}/out"])
     with pytest.raises(DataError, match="empty after cleaning.*too_short"):
         prepare_data(cfg)
+
+
+def test_demo_command_end_to_end(ray_cluster, tmp_path):
+    """`raygen demo --smoke` as a user runs it, joining the shared cluster through RAY_ADDRESS."""
+    from tests.conftest import TINY, free_port
+
+    env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"], "RAYGEN_HOME": str(tmp_path)}
+    cmd = [f"{sys.executable[:-len('python')]}raygen", "demo", "--smoke", "--port", str(free_port())]
+    for item in TINY + ["train.max_steps=10"]:
+        cmd += ["--set", item]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    for stage in ("1-3/7", "4/7", "5/7", "6/7", "7/7"):
+        assert f"=== {stage}" in log
+    assert "[raygen] completion:" in log and "'completion_tokens'" in log
+    assert (tmp_path / "models" / "demo" / "latest" / "model.safetensors").is_file()
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path):
+    raygen = f"{sys.executable[:-len('python')]}raygen"
+    env = {"RAYGEN_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    bad = subprocess.run([raygen, "demo", "--set", "train.zero_stage=5"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert bad.returncode == 2 and "train.zero_stage" in bad.stderr and "Traceback" not in bad.stderr
+    missing = subprocess.run([raygen, "serve", "--set", "serve.version=v9"], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert missing.returncode == 2 and "no model named 'demo'" in missing.stderr

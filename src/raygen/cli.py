@@ -31,7 +31,6 @@ def _banner(step: str) -> None:
 def cmd_demo(args) -> int:
     from raygen.cluster import init_ray
     from raygen.data.pipeline import prepare_data
-    from raygen.serve import app
     from raygen.train.trainer import train
     from raygen.workflow import complete, curl_line, register, wait_ready
 
@@ -49,10 +48,8 @@ def cmd_demo(args) -> int:
     _banner("5/7 register")
     register(cfg, outcome)
     _banner("6/7 serve")
-    from ray import serve
 
-    try:
-        url = app.run(cfg)
+    def smoke(url: str) -> bool:
         wait_ready(url)
         print(f"[raygen] serving {cfg.registry.name} at {url}", flush=True)
         _banner("7/7 smoke")
@@ -60,12 +57,26 @@ def cmd_demo(args) -> int:
         print(f"[raygen] prompt: {SMOKE_PROMPT!r}\n[raygen] completion: {out['choices'][0]['text']!r}\n"
               f"[raygen] usage: {out['usage']}", flush=True)
         print(f"[raygen] demo done in {time.time() - t0:.0f}s", flush=True)
-        if args.smoke:
-            return 0
-        print(f"\nServing at {url} (OpenAI-compatible). Try:\n  {curl_line(url, SMOKE_PROMPT)}\n"
-              "Ctrl-C to stop.", flush=True)
-        while True:
-            time.sleep(3600)
+        if not args.smoke:
+            print(f"\nServing at {url} (OpenAI-compatible). Try:\n  {curl_line(url, SMOKE_PROMPT)}", flush=True)
+        return not args.smoke
+
+    return _serve(cfg, smoke)
+
+
+def _serve(cfg, on_ready) -> int:
+    """Deploy the graph, call on_ready(url); keep serving until Ctrl-C when it returns True."""
+    from ray import serve
+
+    from raygen.serve import app
+
+    try:
+        url = app.run(cfg)
+        if on_ready(url):
+            print("Ctrl-C to stop.", flush=True)
+            while True:
+                time.sleep(3600)
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:
@@ -94,22 +105,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from ray import serve
-
     from raygen.cluster import init_ray
-    from raygen.serve import app
+    from raygen.registry import Registry
 
     cfg = _config(args)
+    Registry(cfg.registry.root).resolve(cfg.registry.name, cfg.serve.version)  # fail before Ray starts
     init_ray()
-    try:
-        url = app.run(cfg)
-        print(f"[raygen] serving at {url}; Ctrl-C to stop", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        serve.shutdown()
+
+    def announce(url: str) -> bool:
+        print(f"[raygen] serving {cfg.registry.name}/{cfg.serve.version} at {url}", flush=True)
+        return True
+
+    return _serve(cfg, announce)
 
 
 def cmd_promote(args) -> int:
