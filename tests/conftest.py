@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -78,13 +77,3 @@ def tiny_config(tmp_path_factory):
     return load_config(None, TINY + [f"data.output_dir={home}/data", f"data.paths=[{extra}]",
                                      f"train.storage_path={home}/runs", f"registry.root={home}/models",
                                      f"serve.port={free_port()}"])
-
-
-
-def wait_for(pred, timeout: float = 60, every: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(every)
-    return False

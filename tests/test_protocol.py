@@ -14,7 +14,8 @@ def test_valid_request_defaults():
 @pytest.mark.parametrize("body,param", [
     ({}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "temperature": 3}, "temperature"), ({"prompt": "x", "stop": ["a"] * 5}, "stop"),
-    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": "x", "echo": True}, "echo"),
+    ({"prompt": "x", "logprobs": 2}, "logprobs"),
 ])
 def test_invalid_requests_name_the_field(body, param):
     with pytest.raises(RequestError) as e:

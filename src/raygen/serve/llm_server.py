@@ -58,9 +58,8 @@ class LLMServer:
 
         try:
             with self._lock, torch.inference_mode():
-                generator = None
                 if p.seed is not None:
-                    generator = torch.manual_seed(p.seed)  # noqa: F841 - seeds the global RNG generate uses
+                    torch.manual_seed(p.seed)  # generate() draws from the global RNG; the lock makes this safe
                 sample = p.temperature > 0
                 self.model.generate(
                     torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),

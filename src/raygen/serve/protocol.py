@@ -31,6 +31,14 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     echo: bool = False
+    logprobs: int | None = None
+
+    @field_validator("echo", "logprobs")
+    @classmethod
+    def _not_yet(cls, v, info):
+        if v:  # refuse rather than silently answer without them
+            raise ValueError(f"{info.field_name} is not supported by this server yet")
+        return v
 
     @field_validator("prompt")
     @classmethod
