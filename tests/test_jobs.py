@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import BIN, REPO
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +18,7 @@ def test_ray_job_submit_prepare_data(ray_cluster, tmp_path):
     cfg.write_text("data:\n  output_dir: jobdata\nfeatures:\n  vocab_size: 400\n  block_size: 32\n")
     env_json = json.dumps({"env_vars": {"RAYGEN_HOME": str(tmp_path)}})
     out = subprocess.run(
-        [f"{sys.executable[:-len('python')]}ray", "job", "submit", "--address", ray_cluster["dashboard"],
+        [str(BIN / "ray"), "job", "submit", "--address", ray_cluster["dashboard"],
          "--working-dir", str(REPO), "--runtime-env-json", env_json, "--",
          "python", "pipelines/prepare_data.py", "--config", str(cfg)],
         capture_output=True, text=True, timeout=600, env=ray_cluster["env"], cwd=REPO)
@@ -45,7 +44,7 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path):
     from tests.conftest import TINY, free_port
 
     env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"], "RAYGEN_HOME": str(tmp_path)}
-    cmd = [f"{sys.executable[:-len('python')]}raygen", "demo", "--smoke", "--port", str(free_port())]
+    cmd = [str(BIN / "raygen"), "demo", "--smoke", "--port", str(free_port())]
     for item in TINY + ["train.max_steps=10"]:
         cmd += ["--set", item]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
@@ -58,7 +57,7 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path):
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path):
-    raygen = f"{sys.executable[:-len('python')]}raygen"
+    raygen = str(BIN / "raygen")
     env = {"RAYGEN_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     bad = subprocess.run([raygen, "demo", "--set", "train.zero_stage=5"], capture_output=True, text=True,
                          env=env, timeout=120)

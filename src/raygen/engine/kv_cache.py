@@ -150,7 +150,7 @@ class BlockManager:
             if block.ref_count == 0:
                 self._free[bid] = None
 
-    def fork(self, parent_id: str, child_id: str, num_tokens: int) -> tuple[int, int] | None | bool:
+    def fork(self, parent_id: str, child_id: str, num_tokens: int) -> tuple[int, int] | bool:
         """child_id shares parent_id's full blocks (n > 1 sampling over one prompt of num_tokens tokens).
 
         A partly filled last block cannot be shared, since both would write into it: the child gets a
@@ -171,11 +171,6 @@ class BlockManager:
         dst = self._take(self._pop_free())
         child.block_ids.append(dst)
         return parent.block_ids[n_full], dst
-
-    def reset_prefix_cache(self) -> None:
-        for h, bid in list(self._cached.items()):
-            self.blocks[bid].hash, self.blocks[bid].token_ids = None, ()
-            del self._cached[h]
 
     # -- internals -------------------------------------------------------------------------------------
     def _pop_free(self) -> int:

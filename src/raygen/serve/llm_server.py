@@ -41,17 +41,13 @@ class _Cancelled(Exception):
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
 class LLMServer:
-    def __init__(self, model_dir: str, version: str, torch_threads: int = 0):
+    def __init__(self, model_dir: str, torch_threads: int = 0):
         import torch
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        self.version = version
         self._lock = threading.Lock()  # one generate() at a time: transformers has no batching scheduler
-
-    def model_version(self) -> str:
-        return self.version
 
     def _run(self, prompt_ids: list[int], p: SamplingParams, streamer: _QueueStreamer) -> None:
         import torch

@@ -18,9 +18,6 @@ class Postprocessor:
         self.llm = llm  # DeploymentHandle of LLMServer
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    async def model_version(self) -> str:
-        return await self.llm.model_version.remote()
-
     async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         detok = IncrementalDetokenizer(self.tokenizer, params.stop)
         gen = self.llm.options(stream=True).generate.remote(prompt_ids, params)
@@ -30,10 +27,10 @@ class Postprocessor:
             text = detok.add(chunk["token_ids"])
             if detok.stopped:
                 gen.cancel()  # frees the model replica's work for this request
-                yield Delta(text, chunk["token_ids"], "stop", len(prompt_ids), n_out)
+                yield Delta(text, "stop", len(prompt_ids), n_out)
                 return
             if chunk["finish_reason"]:
-                yield Delta(text + detok.flush(), chunk["token_ids"], chunk["finish_reason"], len(prompt_ids), n_out)
+                yield Delta(text + detok.flush(), chunk["finish_reason"], len(prompt_ids), n_out)
                 return
             if text:
-                yield Delta(text, chunk["token_ids"])
+                yield Delta(text)

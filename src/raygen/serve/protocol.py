@@ -92,7 +92,6 @@ class Delta:
     """One chunk of a streamed completion, as it leaves the postprocessor."""
 
     text: str  # new text since the previous delta
-    token_ids: list[int]  # the new tokens behind it
     finish_reason: str | None = None  # "stop" | "length" on the last delta
     prompt_tokens: int = 0  # usage: set on the last delta
     completion_tokens: int = 0
