@@ -1,6 +1,6 @@
 import pytest
 
-from raygen.serve.detok import IncrementalDetokenizer
+from raygen.engine.detok import IncrementalDetokenizer
 
 
 @pytest.fixture(scope="module")

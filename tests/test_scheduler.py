@@ -107,7 +107,7 @@ def test_prefix_cache_hit_skips_computed_tokens():
 def test_stop_token_abort_and_too_long_prompt():
     bm = BlockManager(num_blocks=4, block_size=4)
     sched = Scheduler(bm)
-    with pytest.raises(PromptTooLongError, match="cache has 4"):
+    with pytest.raises(PromptTooLongError, match="the cache has 4"):
         sched.add(Sequence("huge", list(range(16)), 1))
     stop_at = next_token([5])
     sched.add(Sequence("s", [5], 10, stop_token_ids=frozenset({stop_at})))

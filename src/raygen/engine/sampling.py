@@ -6,40 +6,9 @@ own torch.Generator, so its tokens do not depend on what else is in the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0
-    min_p: float = 0.0  # keep tokens with p >= min_p × p(max)
-    repetition_penalty: float = 1.0  # HF semantics: divide positive logits of seen tokens, multiply negative
-    presence_penalty: float = 0.0  # OpenAI semantics, over generated tokens
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    logprobs: int | None = None  # top-N alternatives to return per token
-    ignore_eos: bool = False
-
-    def __post_init__(self):
-        checks = [
-            (self.max_tokens >= 1, "max_tokens must be >= 1"),
-            (0 <= self.temperature <= 2, "temperature must be in [0, 2]"),
-            (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
-            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+from raygen.engine.request import SamplingParams
 
 
 def apply_penalties(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[list[int]],

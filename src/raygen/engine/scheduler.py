@@ -42,17 +42,38 @@ class Scheduler:
         self._arrivals = 0
 
     def add(self, seq: Sequence) -> None:
-        need = self.bm.blocks_needed(len(seq.prompt_ids) + 1)
+        # The whole sequence must fit when it runs alone, or it would preempt itself forever.
+        total = len(seq.prompt_ids) + seq.max_tokens
+        need = self.bm.blocks_needed(total)
         if need > len(self.bm.blocks):
             raise PromptTooLongError(
-                f"request {seq.req_id}: a prompt of {len(seq.prompt_ids)} tokens needs {need} KV blocks of "
-                f"{self.bm.block_size}, but the cache has {len(self.bm.blocks)}; shorten it or give the "
-                "engine a larger KV budget")
+                f"request {seq.req_id}: {len(seq.prompt_ids)} prompt tokens + max_tokens {seq.max_tokens} need "
+                f"{need} KV blocks of {self.bm.block_size} tokens, but the cache has {len(self.bm.blocks)} "
+                f"({len(self.bm.blocks) * self.bm.block_size} tokens); shorten the prompt, lower max_tokens "
+                "or give the engine a larger KV budget")
         if seq.req_id in self.seqs:
             raise ValueError(f"request id {seq.req_id} is already in the engine")
         seq.arrival, self._arrivals = self._arrivals, self._arrivals + 1
         self.seqs[seq.req_id] = seq
         self.waiting.append(seq)
+
+    def fork(self, parent: Sequence, child: Sequence) -> tuple[int, int] | None:
+        """child (holding its first sampled token) continues parent's prompt, sharing its KV blocks.
+        Returns a (src, dst) block pair the runner must copy before the next step, if any. When no block
+        or sequence slot is free, the child waits at the head of the queue instead and recomputes only
+        what the prefix cache does not hold."""
+        child.arrival = parent.arrival
+        self.seqs[child.req_id] = child
+        n = len(parent.prompt_ids)
+        shared = len(self.running) < self.max_num_seqs and self.bm.fork(parent.req_id, child.req_id, n)
+        if shared is False:
+            child.status = Status.WAITING
+            self.waiting.appendleft(child)
+            return None
+        child.status, child.num_computed_tokens = Status.RUNNING, n
+        child.num_cached_prompt_tokens = parent.num_cached_prompt_tokens
+        self.running.append(child)
+        return shared if isinstance(shared, tuple) else None
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -120,10 +141,14 @@ class Scheduler:
         return finished
 
     def abort(self, req_id: str) -> Sequence | None:
+        return self.finish(req_id, Status.FINISHED_ABORTED)
+
+    def finish(self, req_id: str, status: Status) -> Sequence | None:
+        """End a sequence from outside the step (abort, stop string); its blocks are free at once."""
         seq = self.seqs.get(req_id)
         if seq is None:
             return None
-        seq.status = Status.FINISHED_ABORTED
+        seq.status = status
         if seq in self.waiting:
             self.waiting.remove(seq)
         self._release(seq)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
-from raygen.serve.detok import IncrementalDetokenizer
+from raygen.engine.detok import IncrementalDetokenizer
 from raygen.serve.protocol import Delta, SamplingParams
 
 

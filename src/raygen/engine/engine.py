@@ -1,0 +1,389 @@
+"""The engine: schedule → execute → sample/update, one step at a time, and an asyncio face over it.
+
+    LLMEngine        synchronous core; add_request / abort / step / stats; usable alone (tests, bench)
+    AsyncLLMEngine   runs LLMEngine.step in a background thread while there is work; add_request()
+                     returns an async iterator of RequestOutput deltas; leaving the iterator early aborts
+
+No Ray here: the Serve deployment wraps AsyncLLMEngine, one per replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from raygen.engine.detok import IncrementalDetokenizer
+from raygen.engine.kv_cache import BlockManager
+from raygen.engine.request import (FINISH_REASON, RequestOutput, SamplingParams, Sequence, Status,
+                                   TokenLogprob)
+from raygen.engine.runner import EngineSetupError, ModelRunner
+from raygen.engine.sampling import apply_penalties, sample, top_logprobs
+from raygen.engine.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    model: str  # local Hugging Face model directory (save_pretrained output)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16; auto: the checkpoint's (bf16 for fp32 on GPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    block_size: int = 16  # tokens per KV block
+    kv_cache_bytes: int | None = None  # KV pool size; None: kv_cache_fraction of free GPU memory, 512 MiB on CPU
+    kv_cache_fraction: float = 0.9  # of free device memory after loading the model (CUDA only)
+    max_num_seqs: int = 256  # sequences running at once
+    max_num_batched_tokens: int = 2048  # tokens per forward (prefill chunks + decodes)
+    max_model_len: int | None = None  # prompt + max_tokens limit; None: the model's context window
+    enable_prefix_caching: bool = True
+    num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    tokenizer: str | None = "auto"  # directory; auto: the model directory when it has one; None: no text
+
+    def __post_init__(self):
+        for name, ok in (("block_size", self.block_size >= 1), ("max_num_seqs", self.max_num_seqs >= 1),
+                         ("max_num_batched_tokens", self.max_num_batched_tokens >= 1),
+                         ("kv_cache_fraction", 0 < self.kv_cache_fraction <= 1)):
+            if not ok:
+                raise EngineSetupError(f"EngineConfig.{name}={getattr(self, name)!r} is out of range")
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_usage: float  # fraction of KV blocks held by sequences
+    prefix_hit_rate: float  # prompt tokens served from cache / prompt tokens looked up
+    num_blocks: int
+    num_free_blocks: int
+    num_cached_blocks: int
+    num_steps: int
+    num_preemptions: int
+    num_prompt_tokens_computed: int  # prefill tokens actually run (recompute after preemption included)
+    num_generated_tokens: int
+
+
+@dataclass
+class StepRecord:
+    """What one step ran, for roofline accounting: per scheduled sequence (new tokens, context after)."""
+
+    seconds: float
+    tokens: list[tuple[int, int]]
+    num_sampled: int
+
+
+@dataclass
+class _Request:
+    req_id: str
+    params: SamplingParams
+    seqs: list[Sequence]  # index i is the request's i-th sequence; children join after the prompt's prefill
+    detoks: list[IncrementalDetokenizer | None]
+    generators: list[torch.Generator | None]
+    pending_children: list[Sequence] = field(default_factory=list)
+    num_finished: int = 0
+
+
+def merge(outputs: Iterable[RequestOutput]) -> RequestOutput:
+    """Fold consecutive deltas of one sequence into one (text, ids and logprobs joined, latest counts)."""
+    outputs = list(outputs)
+    first, last = outputs[0], outputs[-1]
+    lps = [lp for o in outputs for lp in (o.logprobs or [])] if first.logprobs is not None else None
+    return RequestOutput(first.req_id, first.index, [t for o in outputs for t in o.token_ids],
+                         "".join(o.text for o in outputs), lps, last.finish_reason, last.num_prompt_tokens,
+                         last.num_cached_tokens, last.num_output_tokens)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.runner = ModelRunner(config.model, dtype=config.dtype, device=config.device,
+                                  block_size=config.block_size, kv_cache_bytes=config.kv_cache_bytes,
+                                  kv_cache_fraction=config.kv_cache_fraction)
+        self.max_model_len = min(config.max_model_len or self.runner.shape.max_len, self.runner.shape.max_len)
+        self.bm = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.bm, config.max_num_seqs, config.max_num_batched_tokens)
+        self.tokenizer = self._load_tokenizer(config)
+        self._requests: dict[str, _Request] = {}
+        self._owner: dict[str, tuple[_Request, int]] = {}  # sequence id -> (request, index)
+        self._copies: list[tuple[int, int]] = []  # fork copies due before the next forward
+        self._lock = threading.RLock()  # add/abort may come from another thread while a forward runs
+        self._counts = dict.fromkeys(("steps", "preemptions", "prompt_tokens", "generated"), 0)
+        self.step_log: list[StepRecord] | None = None  # set to [] to record steps (benchmarks)
+
+    @staticmethod
+    def _load_tokenizer(config: EngineConfig):
+        path = config.model if config.tokenizer == "auto" else config.tokenizer
+        if path is None or (config.tokenizer == "auto" and not any(
+                Path(path, f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))):
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+
+    # -- requests ---------------------------------------------------------------------------------------
+    def add_request(self, req_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request; raises ValueError (bad ids, too long, stop strings without a tokenizer) at once."""
+        vocab = self.runner.shape.vocab
+        if not prompt_ids:
+            raise ValueError("the prompt has no tokens")
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise ValueError(f"prompt token ids must be in [0, {vocab}); got {min(prompt_ids)}..{max(prompt_ids)}")
+        if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise ValueError(f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed the model's "
+                             f"context of {self.max_model_len} tokens; shorten the prompt or lower max_tokens")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer, and this engine's model directory has none")
+        eos = frozenset() if params.ignore_eos else self.runner.eos_token_ids
+        seqs = [Sequence(req_id if i == 0 else f"{req_id}/{i}", list(prompt_ids), params.max_tokens,
+                         frozenset(params.stop_token_ids), eos, params.ignore_eos) for i in range(params.n)]
+        device = self.runner.device
+        gens = [torch.Generator(device=device).manual_seed(params.seed + i) if params.seed is not None else None
+                for i in range(params.n)]
+        detoks = [IncrementalDetokenizer(self.tokenizer, params.stop) if self.tokenizer is not None else None
+                  for _ in range(params.n)]
+        with self._lock:
+            if req_id in self._requests:
+                raise ValueError(f"request id {req_id} is already in the engine")
+            self.scheduler.add(seqs[0])
+            req = self._requests[req_id] = _Request(req_id, params, seqs, detoks, gens, seqs[1:])
+            for i, s in enumerate(seqs):
+                self._owner[s.req_id] = (req, i)
+
+    def abort(self, req_id: str) -> list[RequestOutput]:
+        """Free every block of the request now; returns the final 'abort' outputs of its live sequences."""
+        with self._lock:
+            req = self._requests.get(req_id)
+            if req is None:
+                return []
+            outs = []
+            for i, seq in enumerate(req.seqs):
+                if not seq.status.finished:
+                    self.scheduler.finish(seq.req_id, Status.FINISHED_ABORTED)
+                    seq.status = Status.FINISHED_ABORTED
+                    outs.append(self._output(req, i, [], "", None))
+            self._forget(req)
+            return outs
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    def stats(self) -> EngineStats:
+        c = self.bm.stats()
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), c.usage, c.hit_rate,
+                           c.num_blocks, c.num_free, c.num_cached, self._counts["steps"],
+                           self._counts["preemptions"], self._counts["prompt_tokens"], self._counts["generated"])
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
+        with self._lock:
+            if self._copies:
+                self.runner.copy_blocks(self._copies)
+                self._copies.clear()
+            out = self.scheduler.schedule()
+            if not out.num_scheduled_tokens:
+                return []
+            seqs = self.scheduler.seqs
+            inputs = self.runner.prepare(out, seqs, self.bm)
+            ran = [(n, seqs[r].num_computed_tokens + n) for r, n in out.num_scheduled_tokens.items()]
+        logits = self.runner.execute(inputs)  # no lock: abort() may free blocks meanwhile
+        with self._lock:
+            outputs = self._process(out, logits)
+        self._counts["steps"] += 1
+        self._counts["preemptions"] += len(out.preempted_req_ids)
+        self._counts["prompt_tokens"] += sum(n for r, n in out.num_scheduled_tokens.items()
+                                             if n > 1 or r not in out.sample_req_ids)
+        if self.step_log is not None:
+            self.step_log.append(StepRecord(time.perf_counter() - t0, ran, len(out.sample_req_ids)))
+        return outputs
+
+    def _process(self, out, logits: torch.Tensor) -> list[RequestOutput]:
+        rows: list[tuple[Sequence, int]] = []  # (sequence, logits row); a prompt's children share its row
+        for i, r in enumerate(out.sample_req_ids):
+            seq = self.scheduler.seqs.get(r)
+            if seq is None or seq.status.finished:
+                continue  # aborted while the forward ran
+            rows.append((seq, i))
+            req, idx = self._owner[r]
+            if idx == 0 and req.pending_children and not seq.output_ids:
+                rows.extend((child, i) for child in req.pending_children)
+        if not rows:
+            return []
+        token_ids, lps = self._sample(logits, rows)
+        self._counts["generated"] += len(token_ids)
+        sampled, outputs = {}, []
+        for (seq, _), tok in zip(rows, token_ids, strict=True):
+            req, idx = self._owner[seq.req_id]
+            if seq in req.pending_children:  # a child's first token: fork it off the parent's prompt
+                req.pending_children.remove(seq)
+                seq.append(tok)
+                if not seq.status.finished:
+                    copy = self.scheduler.fork(req.seqs[0], seq)
+                    if copy:
+                        self._copies.append(copy)
+            else:
+                sampled[seq.req_id] = tok
+        self.scheduler.update(out, sampled)
+        for (seq, _), tok, lp in zip(rows, token_ids, lps, strict=True):
+            req, idx = self._owner[seq.req_id]
+            detok = req.detoks[idx]
+            text = detok.add([tok]) if detok else ""
+            if detok and detok.stopped and not seq.status.finished:
+                self.scheduler.finish(seq.req_id, Status.FINISHED_STOPPED)
+            elif detok and seq.status.finished:
+                text += detok.flush()
+            reason = FINISH_REASON.get(seq.status) if seq.status.finished else None
+            outputs.append(self._output(req, idx, [tok], text, lp, reason))
+            if reason is not None:
+                req.num_finished += 1
+                if req.num_finished == len(req.seqs):
+                    self._forget(req)
+        return outputs
+
+    def _sample(self, logits: torch.Tensor, rows: list[tuple[Sequence, int]]
+                ) -> tuple[list[int], list[TokenLogprob | None]]:
+        reqs = [self._owner[s.req_id] for s, _ in rows]
+        params = [req.params for req, _ in reqs]
+        if len(rows) != logits.shape[0] or any(i != j for j, (_, i) in enumerate(rows)):
+            logits = logits[torch.tensor([i for _, i in rows], device=logits.device)]
+        raw = logits
+        if all(p.greedy and not p.penalized for p in params):
+            chosen = logits.argmax(dim=-1)
+        else:
+            if any(p.penalized for p in params):
+                logits = apply_penalties(logits.clone(), params, [s.prompt_ids for s, _ in rows],
+                                         [s.output_ids for s, _ in rows])
+            chosen = sample(logits, params, [req.generators[i] for req, i in reqs])
+        token_ids = chosen.tolist()
+        lps: list[TokenLogprob | None] = [None] * len(rows)
+        want = [j for j, p in enumerate(params) if p.logprobs is not None]
+        if want:
+            sel = torch.tensor(want, device=raw.device)
+            n = max(params[j].logprobs for j in want)
+            lp, top_lp, top_ids = (x.tolist() for x in top_logprobs(raw[sel], chosen[sel], n))
+            for k, j in enumerate(want):
+                m = params[j].logprobs
+                lps[j] = TokenLogprob(token_ids[j], lp[k], list(zip(top_ids[k][:m], top_lp[k][:m], strict=True)))
+        return token_ids, lps
+
+    def _output(self, req: _Request, idx: int, token_ids: list[int], text: str, lp: TokenLogprob | None,
+                reason: str | None = "abort") -> RequestOutput:
+        seq = req.seqs[idx]
+        return RequestOutput(req.req_id, idx, token_ids, text,
+                             ([lp] if lp else []) if req.params.logprobs is not None else None, reason,
+                             len(seq.prompt_ids), seq.num_cached_prompt_tokens, len(seq.output_ids))
+
+    def _forget(self, req: _Request) -> None:
+        self._requests.pop(req.req_id, None)
+        for s in req.seqs:
+            self._owner.pop(s.req_id, None)
+
+    # -- convenience ------------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+                 ) -> list[list[RequestOutput]]:
+        """Run prompts to completion; per prompt, one merged output per sequence (index order)."""
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"gen-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(prompts))]
+        for rid, p, sp in zip(ids, prompts, params, strict=True):
+            self.add_request(rid, p, sp)
+        got: dict[tuple[str, int], list[RequestOutput]] = {}
+        while self.has_unfinished():
+            for o in self.step():
+                got.setdefault((o.req_id, o.index), []).append(o)
+        return [[merge(got[(rid, i)]) for i in range(sp.n)] for rid, sp in zip(ids, params, strict=True)]
+
+
+class AsyncLLMEngine:
+    """LLMEngine on a background thread; safe to call from one asyncio event loop."""
+
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._sinks: dict[str, Callable[[object], None]] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="raygen-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> AsyncLLMEngine:
+        return cls(LLMEngine(config))
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, req_id: str | None = None
+                    ) -> AsyncIterator[RequestOutput]:
+        """Queue a request now (bad input raises here) and return its stream of deltas."""
+        if self._closed:
+            raise RuntimeError("the engine is shut down")
+        req_id = req_id or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        self._sinks[req_id] = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
+        try:
+            self.engine.add_request(req_id, prompt_ids, params)
+        except Exception:
+            self._sinks.pop(req_id, None)
+            raise
+        with self._wake:
+            self._wake.notify()
+        return self._stream(req_id, queue, params.n)
+
+    async def _stream(self, req_id: str, queue: asyncio.Queue, n: int) -> AsyncIterator[RequestOutput]:
+        remaining = n
+        try:
+            while remaining:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                remaining -= item.finished
+                yield item
+        finally:
+            if remaining:  # the consumer left early: free the blocks now
+                self.abort(req_id)
+            self._sinks.pop(req_id, None)
+
+    def abort(self, req_id: str) -> None:
+        outs = self.engine.abort(req_id)
+        sink = self._sinks.get(req_id)
+        for o in outs:
+            if sink:
+                sink(o)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def shutdown(self) -> None:
+        self._closed = True
+        with self._wake:
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self.engine.has_unfinished():
+                    self._wake.wait()
+            if self._closed:
+                return
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # fail the requests in flight, keep the engine serving new ones
+                log.exception("engine step failed; aborting the requests in flight")
+                for req_id in list(self.engine._requests):
+                    self.engine.abort(req_id)
+                    sink = self._sinks.get(req_id)
+                    if sink:
+                        sink(RuntimeError(f"engine step failed: {exc!r}"))
+                continue
+            for key, group in itertools.groupby(outputs, key=lambda o: o.req_id):
+                sink = self._sinks.get(key)
+                if sink:
+                    for o in group:
+                        sink(o)
