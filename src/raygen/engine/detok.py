@@ -54,6 +54,8 @@ class IncrementalDetokenizer:
         """At the end of generation: release held-back text (no stop string completed)."""
         if self.stopped:
             return ""
+        # Generation may have ended inside a multi-byte character: release it as U+FFFD, not silently.
+        self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         out = self.text[self.emitted:]
         self.emitted = len(self.text)
         return out

@@ -1,0 +1,268 @@
+"""The engine on tiny random models against transformers `generate` (fp32, greedy): token for token.
+
+Random init uses a large initializer_range so that logits are spread out: with the default 0.02 the top
+two logits of a random model often differ by less than fp32 noise, and any two correct implementations
+could then disagree.
+"""
+
+import asyncio
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+from raygen.engine.engine import AsyncLLMEngine, EngineConfig, LLMEngine
+from raygen.engine.models import UnsupportedModelError
+from raygen.engine.request import SamplingParams
+from raygen.engine.scheduler import PromptTooLongError
+
+V = 500
+COMMON = dict(vocab_size=V, initializer_range=0.3, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+CONFIGS = {
+    "gpt2": lambda: GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=256, **COMMON),
+    "llama": lambda: LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                 intermediate_size=128, max_position_embeddings=256, **COMMON),
+    "qwen2": lambda: Qwen2Config(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=1,
+                                 intermediate_size=128, max_position_embeddings=256, **COMMON),
+    # A window shorter than the sequences, so the sliding-window masks are exercised.
+    "mistral": lambda: MistralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                     intermediate_size=128, max_position_embeddings=256, sliding_window=24, **COMMON),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, make in CONFIGS.items():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(make()).eval()
+        model.save_pretrained(root / name)
+        out[name] = (str(root / name), model)
+    return out
+
+
+def workload(n, seed=1, prompt=(3, 60), output=(1, 40)):
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(V) for _ in range(rng.randint(*prompt))] for _ in range(n)]
+    return prompts, [rng.randint(*output) for _ in range(n)]
+
+
+def hf_greedy(model, prompt, max_tokens):
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def engine(path, **kw):
+    return LLMEngine(EngineConfig(path, dtype=kw.pop("dtype", "float32"), **{"block_size": 4, **kw}))
+
+
+def greedy(eng, prompts, max_tokens):
+    res = eng.generate(prompts, [SamplingParams(max_tokens=m, temperature=0) for m in max_tokens])
+    return [r[0].token_ids for r in res]
+
+
+def assert_all_blocks_free(eng):
+    s = eng.stats()
+    assert s.num_free_blocks == s.num_blocks and s.num_running == s.num_waiting == 0
+    assert all(b.ref_count == 0 for b in eng.bm.blocks)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_greedy_alone_and_in_a_mixed_batch_of_32_match_transformers(models, family):
+    path, model = models[family]
+    prompts, max_tokens = workload(32)
+    ref = [hf_greedy(model, p, m) for p, m in zip(prompts, max_tokens, strict=True)]
+    eng = engine(path)
+    assert [greedy(eng, [p], [m])[0] for p, m in zip(prompts[:4], max_tokens[:4], strict=True)] == ref[:4]
+    # A small token budget forces chunked prefill mixed with decodes in the same steps.
+    eng = engine(path, max_num_batched_tokens=48)
+    assert greedy(eng, prompts, max_tokens) == ref
+    assert_all_blocks_free(eng)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_greedy_matches_under_forced_preemption(models, family):
+    path, model = models[family]
+    prompts, max_tokens = workload(24, seed=2, prompt=(10, 40), output=(20, 40))
+    ref = [hf_greedy(model, p, m) for p, m in zip(prompts, max_tokens, strict=True)]
+    per_block = 2 * 2 * 4 * (64 if family == "gpt2" else 32) * 4  # layers × K,V × tokens × KV width × fp32
+    eng = engine(path, kv_cache_bytes=24 * per_block)  # 24 blocks of 4: about one long sequence and a half
+    assert eng.runner.num_blocks == 24
+    assert greedy(eng, prompts, max_tokens) == ref
+    assert eng.stats().num_preemptions > 0
+    assert_all_blocks_free(eng)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_greedy_matches_with_prefix_cache_hits(models, family):
+    path, model = models[family]
+    rng = random.Random(3)
+    system = [rng.randrange(V) for _ in range(37)]
+    prompts = [system + [rng.randrange(V) for _ in range(rng.randint(1, 9))] for _ in range(8)]
+    ref = [hf_greedy(model, p, 12) for p in prompts]
+    eng = engine(path)
+    assert greedy(eng, prompts[:1], [12]) == ref[:1]  # fills the cache with the system prompt
+    assert greedy(eng, prompts[1:], [12] * 7) == ref[1:]
+    stats = eng.stats()
+    assert stats.prefix_hit_rate > 0.6 and stats.num_cached_blocks > 0
+    # The hit requests computed only their suffix: 36 of 37 system tokens came from the cache each time.
+    assert stats.num_prompt_tokens_computed < sum(map(len, prompts)) - 7 * 36 + 7
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_configs_match_transformers(models, family):
+    path, model = models[family]
+    prompts, max_tokens = workload(8, seed=4, prompt=(20, 50), output=(10, 30))
+    ref = [hf_greedy(model, p, m) for p, m in zip(prompts, max_tokens, strict=True)]
+    assert greedy(engine(path, max_num_batched_tokens=40), prompts, max_tokens) == ref
+
+
+def test_bf16_runs_and_mostly_agrees_with_fp32(models):
+    path, _ = models["llama"]
+    prompts, max_tokens = workload(8, seed=5, output=(8, 8))
+    eng = engine(path, dtype="bfloat16")
+    assert eng.runner.pool.kv.dtype == torch.bfloat16
+    first = [t[0] for t in greedy(eng, prompts, max_tokens)]
+    assert sum(a == b[0] for a, b in zip(first, greedy(engine(path), prompts, max_tokens), strict=True)) >= 6
+
+
+def test_seeded_sampling_is_the_same_alone_and_in_a_batch(models):
+    path, _ = models["llama"]
+    prompts, _ = workload(12, seed=6)
+    params = SamplingParams(max_tokens=20, temperature=0.9, top_k=50, top_p=0.95, min_p=0.02, seed=1234,
+                            repetition_penalty=1.1, presence_penalty=0.2, frequency_penalty=0.1)
+    eng = engine(path)
+    alone = eng.generate(prompts[:1], params)[0][0].token_ids
+    others = [SamplingParams(max_tokens=15, temperature=1.0) for _ in prompts[1:]]
+    batch = eng.generate(prompts, [params, *others])[0][0].token_ids
+    assert alone == batch
+    assert eng.generate(prompts[:1], SamplingParams(max_tokens=20, temperature=0.9, seed=99))[0][0].token_ids != alone
+
+
+def test_n_sequences_share_the_prompt_blocks(models):
+    path, _ = models["gpt2"]
+    prompt = workload(1, seed=7, prompt=(30, 30))[0][0]
+    eng = engine(path)
+    outs = eng.generate([prompt], SamplingParams(max_tokens=10, temperature=1.0, n=4, seed=5))[0]
+    assert [o.index for o in outs] == [0, 1, 2, 3] and all(len(o.token_ids) == 10 for o in outs)
+    assert len({tuple(o.token_ids) for o in outs}) > 1  # different samples from one prefill
+    assert eng.stats().num_prompt_tokens_computed == 30  # the prompt ran once, not four times
+    assert_all_blocks_free(eng)
+    # Sequence i draws from seed + i, so a request's sequences are reproducible one by one.
+    again = eng.generate([prompt], SamplingParams(max_tokens=10, temperature=1.0, n=4, seed=5))[0]
+    assert [o.token_ids for o in again] == [o.token_ids for o in outs]
+
+
+def test_logprobs_match_the_models_distribution(models):
+    path, model = models["llama"]
+    prompt = workload(1, seed=8)[0][0]
+    out = engine(path).generate([prompt], SamplingParams(max_tokens=1, temperature=0, logprobs=3))[0][0]
+    with torch.inference_mode():
+        ref = model(torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
+    lp = out.logprobs[0]
+    top = ref.topk(3)
+    assert lp.token_id == out.token_ids[0] == top.indices[0].item()
+    assert [t for t, _ in lp.top] == top.indices.tolist()
+    assert lp.logprob == pytest.approx(top.values[0].item(), abs=1e-4)
+
+
+def test_bad_requests_fail_at_once_with_clear_errors(models, tmp_path):
+    path, _ = models["gpt2"]
+    eng = engine(path, kv_cache_bytes=8 * 2048)  # 8 blocks of 4 tokens
+    with pytest.raises(PromptTooLongError, match="larger KV budget"):
+        eng.add_request("long", list(range(30)), SamplingParams(max_tokens=5))
+    with pytest.raises(ValueError, match=r"must be in \[0, 500\)"):
+        eng.add_request("oov", [1, 2, 999], SamplingParams())
+    with pytest.raises(ValueError, match="context of 256"):
+        engine(path).add_request("ctx", [1] * 250, SamplingParams(max_tokens=10))
+    with pytest.raises(ValueError, match="need a tokenizer"):
+        eng.add_request("stop", [1, 2], SamplingParams(stop=["x"]))
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    assert_all_blocks_free(eng)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(
+        __import__("transformers").GPTNeoXConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                                 intermediate_size=64, vocab_size=100)).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="gpt_neox"):
+        engine(str(tmp_path))
+
+
+def test_thousand_random_requests_with_aborts_and_preemptions_return_every_block(models):
+    path, _ = models["llama"]
+    rng = random.Random(9)
+    eng = engine(path, kv_cache_bytes=24 * 2048, max_num_seqs=32, max_num_batched_tokens=96)
+    live, added, aborted, finished = set(), 0, 0, 0
+    system = [rng.randrange(V) for _ in range(12)]  # some prefix sharing, so cached blocks are in play
+    while added < 1000 or eng.has_unfinished():
+        for _ in range(rng.randint(0, 12) if added < 1000 else 0):
+            prompt = (system if rng.random() < 0.5 else []) + [rng.randrange(V) for _ in range(rng.randint(1, 30))]
+            n = 2 if rng.random() < 0.1 else 1
+            eng.add_request(f"r{added}", prompt, SamplingParams(max_tokens=rng.randint(1, 40), n=n,
+                                                                temperature=rng.choice([0, 1.0])))
+            live.add(f"r{added}")
+            added += 1
+        if live and rng.random() < 0.05:
+            victim = rng.choice(sorted(live))
+            aborted += bool(eng.abort(victim))
+            live.discard(victim)
+        for o in eng.step():
+            if o.finished and o.req_id not in eng._requests:
+                live.discard(o.req_id)
+                finished += 1
+    assert eng.stats().num_preemptions > 0 and aborted > 30 and finished > 500
+    assert_all_blocks_free(eng)
+    assert not eng._owner
+
+
+def test_async_stream_abort_and_stats(models):
+    path, _ = models["gpt2"]
+
+    async def main():
+        eng = AsyncLLMEngine(engine(path))
+        try:
+            prompts, _ = workload(3, seed=10)
+            outs = [o async for o in eng.add_request(prompts[0], SamplingParams(max_tokens=7, temperature=0))]
+            assert sum(len(o.token_ids) for o in outs) == 7 and outs[-1].finish_reason == "length"
+            assert outs[-1].num_output_tokens == 7 and outs[-1].num_prompt_tokens == len(prompts[0])
+            # Leaving the iterator early aborts the request and frees its blocks at once.
+            stream = eng.add_request(prompts[1], SamplingParams(max_tokens=200, temperature=0))
+            async for _ in stream:
+                break
+            await stream.aclose()
+            stats = eng.stats()
+            assert stats.num_free_blocks == stats.num_blocks and not eng.engine.has_unfinished()
+            # Concurrent streams interleave and all finish.
+            async def collect(p):
+                return [o async for o in eng.add_request(p, SamplingParams(max_tokens=5, temperature=0))]
+            results = await asyncio.gather(*(collect(p) for p in prompts))
+            assert all(r[-1].finished for r in results)
+        finally:
+            eng.shutdown()
+
+    asyncio.run(main())
+
+
+def test_stop_strings_end_the_output_exactly_before_the_stop_text(tmp_path):
+    from raygen.data.features import train_tokenizer
+    from raygen.data.sources import builtin_documents
+
+    tok = train_tokenizer(iter(d["text"] for d in builtin_documents()[:40]), 600, str(tmp_path))
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=256, vocab_size=len(tok), initializer_range=0.3,
+                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    eng = engine(str(tmp_path))
+    prompt = tok("The import statement")["input_ids"]
+    full = eng.generate([prompt], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))[0][0]
+    assert full.text == tok.decode(full.token_ids, skip_special_tokens=True) and len(full.text) > 20
+    stop = full.text[12:15]
+    cut = eng.generate([prompt], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True,
+                                                stop=["never appears \x00", stop]))[0][0]
+    assert cut.text == full.text[:full.text.find(stop)] and cut.finish_reason == "stop"
+    assert len(cut.token_ids) < len(full.token_ids)
+    assert_all_blocks_free(eng)
