@@ -112,6 +112,36 @@ def test_streaming_sse_ends_with_done(server):
     assert len(chunks) >= 3  # text arrived in more than one piece
 
 
+def test_served_greedy_matches_transformers_and_n_logprobs_stop_work(server, tiny_config):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = f"{tiny_config.registry.root}/{tiny_config.registry.name}/latest"
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    prompt = "The try statement"
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+    body = _post(server, {"prompt": prompt, "max_tokens": 16, "temperature": 0})[2]
+    text = tok.decode(ref, skip_special_tokens=True)
+    assert body["choices"][0]["text"] == text and body["usage"]["completion_tokens"] == len(ref)
+    if len(text.strip()) > 4:  # a stop string cuts the text exactly before it
+        stop = text.strip()[2:4]
+        cut = _post(server, {"prompt": prompt, "max_tokens": 16, "temperature": 0, "stop": [stop]})[2]["choices"][0]
+        assert cut["text"] == text[:text.find(stop)] and cut["finish_reason"] == "stop"
+    status, _, body = _post(server, {"prompt": prompt, "max_tokens": 6, "n": 3, "temperature": 1.0, "seed": 7,
+                                     "logprobs": 2, "ignore_eos": True})
+    assert status == 200, body
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    for c in body["choices"]:
+        lp = c["logprobs"]
+        assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 6
+        assert all(v <= 0 for v in lp["token_logprobs"]) and all(1 <= len(t) <= 2 for t in lp["top_logprobs"])
+    assert body["usage"]["completion_tokens"] == 18
+    assert body["usage"]["prompt_tokens"] == ids.shape[1]
+
+
 @pytest.mark.parametrize("body,raw,status,param", [
     (None, b"{not json", 400, None),
     ({"prompt": "x", "max_tokens": -1}, None, 400, "max_tokens"),

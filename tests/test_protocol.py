@@ -15,7 +15,7 @@ def test_valid_request_defaults():
     ({}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "temperature": 3}, "temperature"), ({"prompt": "x", "stop": ["a"] * 5}, "stop"),
     ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": "x", "echo": True}, "echo"),
-    ({"prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"prompt": "x", "logprobs": 50}, "logprobs"), ({"prompt": "x", "n": 0}, "n"),
 ])
 def test_invalid_requests_name_the_field(body, param):
     with pytest.raises(RequestError) as e:

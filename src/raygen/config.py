@@ -76,6 +76,20 @@ class RegistryConfig(_Model):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Model name.")
 
 
+class EngineSettings(_Model):
+    """raygen.engine knobs for each model replica (see raygen.engine.engine.EngineConfig)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute and KV dtype; auto: the checkpoint's (bf16 for fp32 checkpoints on GPU).")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
+    kv_cache_mib: int | None = Field(None, ge=1, description="KV pool size in MiB; unset: 90% of free GPU "
+                                                              "memory, or 512 MiB on CPU.")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences batched at once per replica.")
+    max_num_batched_tokens: int = Field(1024, ge=1, description="Tokens per forward pass (prefill chunks + decodes).")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of identical prompt prefixes.")
+
+
 class ServeConfig(_Model):
     host: str = Field("127.0.0.1", description="HTTP bind address of Serve's proxy.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
@@ -86,6 +100,7 @@ class ServeConfig(_Model):
     llm_replicas: int = Field(1, ge=1, description="Model replicas.")
     llm_num_cpus: float = Field(1, gt=0, description="CPUs each model replica reserves.")
     torch_threads: int = Field(0, ge=0, description="torch threads per model replica; 0: all cores.")
+    engine: EngineSettings = Field(default_factory=EngineSettings)
 
 
 class RaygenConfig(_Model):

@@ -55,8 +55,14 @@ def _rebuild_request_error(message, status, param, type, code) -> RequestError:
 
 
 def as_request_error(exc: BaseException) -> RequestError | None:
-    """The RequestError behind an exception, also when Ray wrapped it on its way across a handle call."""
-    for e in (exc, getattr(exc, "cause", None), exc.__cause__):
+    """The RequestError behind an exception, also when Ray wrapped it (once per handle hop it crossed)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
         if isinstance(e, RequestError):
             return e
+        seen.add(id(e))
+        todo += [getattr(e, "cause", None), e.__cause__]
     return None

@@ -112,6 +112,8 @@ class LLMEngine:
         self.bm = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.bm, config.max_num_seqs, config.max_num_batched_tokens)
         self.tokenizer = self._load_tokenizer(config)
+        tok_eos = getattr(self.tokenizer, "eos_token_id", None)
+        self.eos_token_ids = self.runner.eos_token_ids | ({tok_eos} if tok_eos is not None else set())
         self._requests: dict[str, _Request] = {}
         self._owner: dict[str, tuple[_Request, int]] = {}  # sequence id -> (request, index)
         self._copies: list[tuple[int, int]] = []  # fork copies due before the next forward
@@ -142,7 +144,7 @@ class LLMEngine:
                              f"context of {self.max_model_len} tokens; shorten the prompt or lower max_tokens")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this engine's model directory has none")
-        eos = frozenset() if params.ignore_eos else self.runner.eos_token_ids
+        eos = frozenset() if params.ignore_eos else self.eos_token_ids
         seqs = [Sequence(req_id if i == 0 else f"{req_id}/{i}", list(prompt_ids), params.max_tokens,
                          frozenset(params.stop_token_ids), eos, params.ignore_eos) for i in range(params.n)]
         device = self.runner.device
@@ -317,9 +319,11 @@ class AsyncLLMEngine:
     def from_config(cls, config: EngineConfig) -> AsyncLLMEngine:
         return cls(LLMEngine(config))
 
-    def add_request(self, prompt_ids: list[int], params: SamplingParams, req_id: str | None = None
-                    ) -> AsyncIterator[RequestOutput]:
-        """Queue a request now (bad input raises here) and return its stream of deltas."""
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, req_id: str | None = None,
+                    batched: bool = False) -> AsyncIterator[RequestOutput] | AsyncIterator[list[RequestOutput]]:
+        """Queue a request now (bad input raises here) and return its stream of deltas. With batched=True
+        each item is a list: everything already produced, merged per sequence (fewer, larger chunks for
+        a consumer that is slower than the engine)."""
         if self._closed:
             raise RuntimeError("the engine is shut down")
         req_id = req_id or uuid.uuid4().hex
@@ -333,17 +337,26 @@ class AsyncLLMEngine:
             raise
         with self._wake:
             self._wake.notify()
-        return self._stream(req_id, queue, params.n)
+        return self._stream(req_id, queue, params.n, batched)
 
-    async def _stream(self, req_id: str, queue: asyncio.Queue, n: int) -> AsyncIterator[RequestOutput]:
+    async def _stream(self, req_id: str, queue: asyncio.Queue, n: int, batched: bool):
         remaining = n
         try:
             while remaining:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                remaining -= item.finished
-                yield item
+                items = [await queue.get()]
+                while batched and not queue.empty():
+                    items.append(queue.get_nowait())
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
+                remaining -= sum(item.finished for item in items)
+                if not batched:
+                    yield items[0]
+                    continue
+                by_index: dict[int, list[RequestOutput]] = {}
+                for item in items:
+                    by_index.setdefault(item.index, []).append(item)
+                yield [merge(group) for group in by_index.values()]
         finally:
             if remaining:  # the consumer left early: free the blocks now
                 self.abort(req_id)

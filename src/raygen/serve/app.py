@@ -32,7 +32,7 @@ def build_graph(cfg: RaygenConfig) -> Application:
     version, model_dir = Registry(cfg.registry.root).resolve(cfg.registry.name, cfg.serve.version)
     s = cfg.serve
     llm = LLMServer.options(num_replicas=s.llm_replicas, ray_actor_options={"num_cpus": s.llm_num_cpus}) \
-        .bind(str(model_dir), s.torch_threads)
+        .bind(str(model_dir), s.engine.model_dump(), s.torch_threads)
     pre = Preprocessor.bind(str(model_dir), s.max_tokens_default, s.max_tokens_limit)
     post = Postprocessor.bind(llm, str(model_dir))
     return Ingress.bind(pre, post, cfg.registry.name, version, s.max_body_bytes)

@@ -5,6 +5,7 @@
 
 
 import json
+import logging
 import time
 import uuid
 
@@ -15,7 +16,16 @@ from ray import serve
 from raygen.errors import RequestError, as_request_error
 from raygen.serve.protocol import CompletionRequest, Delta, parse_request
 
+log = logging.getLogger(__name__)
+
 api = FastAPI(title="raygen", description="OpenAI-compatible completions served by raygen on Ray Serve")
+
+
+async def _chain(first: Delta | None, rest):
+    if first is not None:
+        yield first
+    async for d in rest:
+        yield d
 
 
 def _error(exc: RequestError, request_id: str) -> JSONResponse:
@@ -47,23 +57,43 @@ class Ingress:
         try:
             req = await self._parse(request)
             prompt_ids, params = await self.pre.prepare.remote(req)
+            deltas = self.post.options(stream=True).stream.remote(prompt_ids, params)
+            # Wait for the first delta before answering: errors up to then still get a status code.
+            first = await deltas.__anext__()
+        except StopAsyncIteration:
+            first = None
         except Exception as exc:
-            rerr = as_request_error(exc)
-            if rerr is None:
-                raise
-            return _error(rerr, request_id)
-        deltas = self.post.options(stream=True).stream.remote(prompt_ids, params)
+            return _error(self._as_error(exc), request_id)
         headers = {"x-request-id": request_id, "x-raygen-model-version": self.version}
         if req.stream:
-            return StreamingResponse(self._sse(request_id, req, deltas), media_type="text/event-stream",
+            return StreamingResponse(self._sse(request_id, req, first, deltas), media_type="text/event-stream",
                                      headers=headers)
-        text, last = [], None
-        async for d in deltas:
-            text.append(d.text)
-            last = d
-        body = self._chunk(request_id, "".join(text), last.finish_reason)
-        body["usage"] = self._usage(last)
+        choices: dict[int, list[Delta]] = {}
+        try:
+            async for d in _chain(first, deltas):
+                choices.setdefault(d.index, []).append(d)
+        except Exception as exc:
+            return _error(self._as_error(exc), request_id)
+        body = self._chunk(request_id, [self._choice(i, ds) for i, ds in sorted(choices.items())])
+        body["usage"] = self._usage([ds[-1] for ds in choices.values()])
         return JSONResponse(body, headers=headers)
+
+    @staticmethod
+    def _as_error(exc: Exception) -> RequestError:
+        rerr = as_request_error(exc)
+        if rerr is None:  # our fault: log it whole, tell the client it is a server error
+            log.exception("completion failed")
+            rerr = RequestError(f"internal error: {exc.__class__.__name__}", status=500, type="server_error")
+        return rerr
+
+    @staticmethod
+    def _choice(index: int, deltas: list[Delta]) -> dict:
+        """One choice from its deltas (all of them, or one streamed chunk)."""
+        lps = [d.logprobs for d in deltas if d.logprobs is not None]
+        merged = {k: [x for lp in lps for x in lp[k]] for k in ("tokens", "token_logprobs", "top_logprobs",
+                                                                "text_offset")} if lps else None
+        return {"index": index, "text": "".join(d.text for d in deltas), "logprobs": merged,
+                "finish_reason": deltas[-1].finish_reason}
 
     async def _parse(self, request: Request) -> CompletionRequest:
         raw = await request.body()
@@ -79,28 +109,29 @@ class Ingress:
                                status=404, param="model", code="model_not_found")
         return req
 
-    def _chunk(self, request_id: str, text: str, finish_reason: str | None) -> dict:
+    def _chunk(self, request_id: str, choices: list[dict]) -> dict:
         return {"id": request_id, "object": "text_completion", "created": int(time.time()),
-                "model": self.model_name, "system_fingerprint": self.version,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
+                "model": self.model_name, "system_fingerprint": self.version, "choices": choices}
 
     @staticmethod
-    def _usage(d: Delta) -> dict:
-        return {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
-                "total_tokens": d.prompt_tokens + d.completion_tokens}
+    def _usage(last: list[Delta]) -> dict:
+        """From each choice's last delta: the prompt counts once, completions add up over choices."""
+        prompt = last[0].prompt_tokens if last else 0
+        completion = sum(d.completion_tokens for d in last)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": last[0].cached_tokens if last else 0}}
 
-    async def _sse(self, request_id: str, req: CompletionRequest, deltas):
-        last = None
+    async def _sse(self, request_id: str, req: CompletionRequest, first: Delta | None, deltas):
+        last: dict[int, Delta] = {}
         try:
-            async for d in deltas:
-                last = d
-                if d.text or d.finish_reason:
-                    yield f"data: {json.dumps(self._chunk(request_id, d.text, d.finish_reason))}\n\n"
+            async for d in _chain(first, deltas):
+                last[d.index] = d
+                yield f"data: {json.dumps(self._chunk(request_id, [self._choice(d.index, [d])]))}\n\n"
         except Exception as exc:  # the stream already started: report in-band, as OpenAI does
             body = {"error": {"message": f"generation failed: {exc}", "type": "server_error",
                               "param": None, "code": None}}
             yield f"data: {json.dumps(body)}\n\n"
-        if last is not None and req.stream_options and req.stream_options.include_usage:
-            usage = {**self._chunk(request_id, "", None), "choices": [], "usage": self._usage(last)}
+        if last and req.stream_options and req.stream_options.include_usage:
+            usage = {**self._chunk(request_id, []), "usage": self._usage(list(last.values()))}
             yield f"data: {json.dumps(usage)}\n\n"
         yield "data: [DONE]\n\n"

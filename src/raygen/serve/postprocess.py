@@ -1,4 +1,6 @@
-"""Postprocessor deployment: drives the model's token stream, detokenizes incrementally, applies stop strings."""
+"""Postprocessor deployment: drives the model's output stream and formats it as OpenAI deltas
+(text per choice, logprobs with token strings, usage). Detokenization and stop strings happen in the
+engine, which must cut generation the moment a stop string appears."""
 
 from __future__ import annotations
 
@@ -6,11 +8,11 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
-from raygen.engine.detok import IncrementalDetokenizer
-from raygen.serve.protocol import Delta, SamplingParams
+from raygen.engine.request import RequestOutput, SamplingParams
+from raygen.serve.protocol import Delta
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 class Postprocessor:
     def __init__(self, llm, model_dir: str):
         from transformers import AutoTokenizer
@@ -18,19 +20,24 @@ class Postprocessor:
         self.llm = llm  # DeploymentHandle of LLMServer
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
+    def _logprobs(self, out: RequestOutput, offset: int) -> tuple[dict, int]:
+        """OpenAI completions logprobs for out's tokens, and the text offset after them."""
+        tokens = [self.tokenizer.decode([lp.token_id]) for lp in out.logprobs]
+        offsets = []
+        for t in tokens:
+            offsets.append(offset)
+            offset += len(t)
+        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in out.logprobs],
+                "top_logprobs": [{self.tokenizer.decode([t]): v for t, v in lp.top} for lp in out.logprobs],
+                "text_offset": offsets}, offset
+
     async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
-        detok = IncrementalDetokenizer(self.tokenizer, params.stop)
-        gen = self.llm.options(stream=True).generate.remote(prompt_ids, params)
-        n_out = 0
-        async for chunk in gen:
-            n_out += len(chunk["token_ids"])
-            text = detok.add(chunk["token_ids"])
-            if detok.stopped:
-                gen.cancel()  # frees the model replica's work for this request
-                yield Delta(text, "stop", len(prompt_ids), n_out)
-                return
-            if chunk["finish_reason"]:
-                yield Delta(text + detok.flush(), chunk["finish_reason"], len(prompt_ids), n_out)
-                return
-            if text:
-                yield Delta(text)
+        offsets = [0] * params.n  # text_offset of each choice's next token
+        async for chunk in self.llm.options(stream=True).generate.remote(prompt_ids, params):
+            for out in chunk:
+                lps = None
+                if out.logprobs is not None:
+                    lps, offsets[out.index] = self._logprobs(out, offsets[out.index])
+                if out.text or out.finish_reason or out.logprobs:
+                    yield Delta(out.index, out.text, out.finish_reason, lps, out.num_prompt_tokens,
+                                out.num_output_tokens, out.num_cached_tokens)

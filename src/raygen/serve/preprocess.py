@@ -8,7 +8,8 @@ from pathlib import Path
 from ray import serve
 
 from raygen.errors import RequestError
-from raygen.serve.protocol import CompletionRequest, SamplingParams
+from raygen.engine.request import SamplingParams
+from raygen.serve.protocol import CompletionRequest
 
 
 def context_window(model_dir: str | Path) -> int:
@@ -40,8 +41,6 @@ class Preprocessor:
                                    f"(0..{len(self.tokenizer) - 1})", param="prompt")
         if not ids:
             raise RequestError("prompt encodes to zero tokens", param="prompt")
-        if req.n != 1:
-            raise RequestError("n > 1 is not supported yet; send n requests", param="n")
         max_tokens = req.max_tokens or self.max_tokens_default
         if max_tokens > self.max_tokens_limit:
             raise RequestError(f"max_tokens {max_tokens} exceeds this server's limit of {self.max_tokens_limit}",
@@ -50,7 +49,8 @@ class Preprocessor:
             raise RequestError(f"this model's context window is {self.context} tokens; the prompt has {len(ids)} "
                                f"and max_tokens is {max_tokens}: shorten the prompt or lower max_tokens",
                                param="prompt", code="context_length_exceeded")
-        eos = self.tokenizer.eos_token_id
-        return ids, SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                                   top_k=req.top_k, seed=req.seed, stop=req.stop,
-                                   stop_token_ids=[eos] if eos is not None else [])
+        return ids, SamplingParams(
+            max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
+            repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty, seed=req.seed, n=req.n, stop=req.stop or [],
+            ignore_eos=req.ignore_eos, logprobs=req.logprobs)

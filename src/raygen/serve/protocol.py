@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,18 +25,24 @@ class CompletionRequest(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
+    # Beyond OpenAI, as vLLM accepts them:
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    ignore_eos: bool = False
 
-    @field_validator("echo", "logprobs")
+    @field_validator("echo")
     @classmethod
     def _not_yet(cls, v, info):
-        if v:  # refuse rather than silently answer without them
+        if v:  # refuse rather than silently answer without it
             raise ValueError(f"{info.field_name} is not supported by this server yet")
         return v
 
@@ -75,23 +81,13 @@ def parse_request(body: Any, model_cls: type[BaseModel] = CompletionRequest) -> 
 
 
 @dataclass
-class SamplingParams:
-    """What the model replica needs to generate; validated and defaulted by the preprocessor."""
-
-    max_tokens: int  # new tokens to generate at most
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 disables top-k
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)  # applied on text by the postprocessor
-    stop_token_ids: list[int] = field(default_factory=list)  # EOS and friends, applied by the model replica
-
-
-@dataclass
 class Delta:
-    """One chunk of a streamed completion, as it leaves the postprocessor."""
+    """One chunk of one choice of a streamed completion, as it leaves the postprocessor."""
 
-    text: str  # new text since the previous delta
-    finish_reason: str | None = None  # "stop" | "length" on the last delta
-    prompt_tokens: int = 0  # usage: set on the last delta
+    index: int  # the choice (0..n-1)
+    text: str  # new text since the previous delta of this choice
+    finish_reason: str | None = None  # "stop" | "length" on the choice's last delta
+    logprobs: dict | None = None  # OpenAI completions format for this delta's tokens, when asked for
+    prompt_tokens: int = 0  # usage: set on the choice's last delta
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
