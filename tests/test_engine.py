@@ -84,6 +84,19 @@ def test_greedy_alone_and_in_a_mixed_batch_of_32_match_transformers(models, fami
     assert_all_blocks_free(eng)
 
 
+def test_greedy_matches_on_the_torch_attention_path_too(models, monkeypatch):
+    """CUDA (and CPUs without a C compiler) decode through gather + SDPA instead of the CPU kernel."""
+    from raygen.engine import kernels
+
+    monkeypatch.setattr(kernels, "supports", lambda device, dtype: False)
+    path, model = models["llama"]
+    prompts, max_tokens = workload(12, seed=11)
+    eng = engine(path, max_num_batched_tokens=64)
+    assert not eng.runner.pool.use_kernel
+    assert greedy(eng, prompts, max_tokens) == [hf_greedy(model, p, m) for p, m in zip(prompts, max_tokens,
+                                                                                         strict=True)]
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_greedy_matches_under_forced_preemption(models, family):
     path, model = models[family]

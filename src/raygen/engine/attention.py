@@ -9,13 +9,14 @@ into one batch (T tokens) and describes it with a `StepMetadata`:
     prefills        sequences that run a chunk of prompt; one SDPA call each with a causal mask that
                     starts after the tokens already in the cache
 
-Why this path (measured on the 2-core AVX-512 CPU, 64 decodes of 100-500 tokens, 8 heads × 64, one
-layer; /tmp script kept in benchmarks/engine_bench.py's notes): gathering blocks with `index_select`
-into a reused workspace then one SDPA call per group costs ~4 ms in bf16 (about half of memory
-bandwidth); a fresh gather buffer per call costs 5-25 ms more in page faults; per-sequence SDPA calls
-cost 17-21 ms; gathering into a (blocks, heads) layout and using einsum costs 40-110 ms. Our own forward
-(models.py) rather than a transformers attention hook keeps the packed, mask-free batch: transformers
-rebuilds masks and output objects on every call, which costs more than the whole attention at decode.
+Why these paths (measured on the 2-core AVX-512 CPU, 64 decodes of 100-500 tokens, 8 heads × 64, one
+layer, bf16): gathering blocks with `index_select` into a reused workspace, then one SDPA call per
+length group, costs ~4 ms (a fresh gather buffer per call costs 5-25 ms more in page faults; one SDPA
+call per sequence 17 ms; a (blocks, heads) layout with einsum 40 ms). The gather is half of that, so
+on CPU decodes go through a small C kernel that reads the pool in place (kernels.py); the gather +
+SDPA path remains for CUDA and as the fallback. Prefill chunks are compute-bound: SDPA, one call each.
+Our own forward (models.py) rather than a transformers attention hook keeps the batch packed and
+mask-free: transformers rebuilds masks and output objects on every call.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from raygen.engine import kernels
 
 
 @dataclass
@@ -63,11 +66,15 @@ class KVPool:
     gathers do not page-fault a fresh buffer each step)."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, num_heads: int | None = None, use_kernel: bool = True):
         shape = (num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim)
         self.kv = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size, self.num_kv_heads, self.head_dim = block_size, num_kv_heads, head_dim
         self._work = torch.empty(0, dtype=dtype, device=device)
+        heads = num_heads or num_kv_heads
+        # Decodes read K/V in place through the CPU kernel when it is available (see kernels.py).
+        self.use_kernel = (use_kernel and heads <= 64 and heads * head_dim <= 8192 and block_size <= 128
+                           and kernels.supports(device, dtype))
 
     @property
     def nbytes(self) -> int:
@@ -102,6 +109,10 @@ class KVPool:
         out = torch.empty(t, h, d, dtype=q.dtype, device=q.device)
         for g in meta.decode_groups:
             b, nb = g.tables.shape
+            if self.use_kernel:
+                kernels.paged_decode(q[g.start:g.start + b], k_cache, v_cache, g.tables, g.context_lens, scale,
+                                     window, out[g.start:g.start + b])
+                continue
             # GQA: a KV head's `group` query heads become its query length, so no K/V is repeated.
             qg = q[g.start:g.start + b].reshape(b, hkv, group, d)  # (B, Hkv, G, D)
             kg = self._gather(k_cache, g.tables, 0).view(b, nb * bs, hkv, d).transpose(1, 2)  # (B, Hkv, L, D)

@@ -89,7 +89,7 @@ class ModelRunner:
             raise EngineSetupError(f"a KV budget of {kv_cache_bytes} bytes holds no block of {per_block} bytes "
                                    f"({block_size} tokens × {self.shape.num_layers} layers); raise kv_cache_bytes")
         self.pool = KVPool(self.shape.num_layers, self.num_blocks, block_size, self.shape.num_kv_heads,
-                           self.shape.head_dim, self.dtype, self.device)
+                           self.shape.head_dim, self.dtype, self.device, self.shape.num_heads)
         self.eos_token_ids = self._eos_ids(model)
         log.info("runner: %s (%s) on %s in %s; KV pool %d blocks × %d tokens = %.1f MiB",
                  path, self.config.model_type, self.device, self.dtype, self.num_blocks, block_size,
@@ -128,7 +128,9 @@ class ModelRunner:
             table = bm.block_table(r)[:pos // bs + 1]
             # Sorted by length, so a new member is the longest: start a new group when padding to its
             # length would waste more than a quarter of the gathered blocks.
-            if cur and len(cur) >= 4 and (len(cur) + 1) * len(table) > 1.25 * (real + len(table)):
+            # (The CPU kernel reads only each sequence's own blocks: one group, no padding to care about.)
+            if cur and not self.pool.use_kernel and len(cur) >= 4 \
+                    and (len(cur) + 1) * len(table) > 1.25 * (real + len(table)):
                 close_group()
                 real = 0
             n_prompt = len(seq.prompt_ids)
