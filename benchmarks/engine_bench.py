@@ -27,7 +27,6 @@ import json
 import os
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -220,7 +219,7 @@ def metrics(res: dict, reqs: list[dict]) -> dict:
         ttft.append(ts[0] - r["arrival"])
         if len(ts) > 1:
             tpot.append((ts[-1] - ts[0]) / (len(ts) - 1))
-        itl.extend(b - a for a, b in zip(ts, ts[1:]) if b > a)  # one gap per chunk that arrived
+        itl.extend(b - a for a, b in zip(ts, ts[1:], strict=False) if b > a)  # one gap per chunk that arrived
     return {"tok_s": n_out / res["wall"], "out_tokens": n_out, "wall": res["wall"],
             "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "tpot_p50": pct(tpot, 50), "tpot_p99": pct(tpot, 99),
             "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99), "peak_rss_mib": res["peak_rss"] / 2**20}
@@ -370,9 +369,13 @@ def report(results: dict) -> None:
             lines += fmt_table([(f"raygen, Poisson {p['rate']:.2f} req/s", p)], None)[2:]
         if "raygen" in res and "tok_s" in res["raygen"]:
             g = res["raygen"]
+            d, L, V, P = MODEL["n_embd"], MODEL["n_layer"], MODEL["vocab_size"], MODEL["n_positions"]
+            model_mib = (L * 12 * d * d + (V + P) * d) * torch.empty(0, dtype=DTYPES[dtype]).element_size() / 2**20
+            over = g["peak_rss_mib"] - g["kv_mib"] - model_mib
             lines += ["", f"raygen: {results['roofline'][dtype]:.0%} of roofline (ideal {results['roofline_tok_s'][dtype]:.0f} "
-                      f"tok/s); up to {g['max_running']} sequences running; {g['preemptions']} preemptions; KV pool "
-                      f"{g['kv_mib']:.0f} MiB; peak RSS {g['peak_rss_mib']:.0f} MiB"]
+                      f"tok/s); up to {g['max_running']} sequences running; {g['preemptions']} preemptions; peak RSS "
+                      f"{g['peak_rss_mib']:.0f} MiB = KV pool {g['kv_mib']:.0f} + model {model_mib:.0f} + overhead "
+                      f"{over:.0f} MiB (interpreter, torch, transformers, activations)"]
             if best:
                 lines.append(f"raygen / best static batch: **{g['tok_s'] / best:.2f}×**")
         if dtype in results["prefix"]:

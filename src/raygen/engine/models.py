@@ -73,11 +73,15 @@ class Gpt2Forward:
         self.lm_head = hf_model.lm_head.weight  # (V, hidden); tied to wte by default
         d = self.shape.head_dim
         self.layers = []
+        # GPT-2's "gelu_new" is the tanh GELU written out in five elementwise ops; torch's fused kernel
+        # computes the same function in one pass (3 ms of a 78 ms decode step at 128 sequences, bf16).
+        act = (lambda x: F.gelu(x, approximate="tanh")) if cfg.activation_function in ("gelu_new", "gelu_pytorch_tanh") \
+            else None
         for i, blk in enumerate(t.h):
             scale = (d ** -0.5 if cfg.scale_attn_weights else 1.0) / ((i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1)
             # Conv1D keeps weights as (in, out) and computes addmm(bias, x, W): same here, same numerics.
             self.layers.append((blk.ln_1, blk.attn.c_attn.weight, blk.attn.c_attn.bias, blk.attn.c_proj.weight,
-                                blk.attn.c_proj.bias, blk.ln_2, blk.mlp.c_fc.weight, blk.mlp.c_fc.bias, blk.mlp.act,
+                                blk.attn.c_proj.bias, blk.ln_2, blk.mlp.c_fc.weight, blk.mlp.c_fc.bias, act or blk.mlp.act,
                                 blk.mlp.c_proj.weight, blk.mlp.c_proj.bias, scale))
 
     def __call__(self, token_ids: torch.Tensor, positions: torch.Tensor, pool: KVPool,

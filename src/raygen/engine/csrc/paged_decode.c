@@ -20,6 +20,9 @@
 #define MAX_HD 8192 /* heads × head_dim of the queries */
 #define MAX_H 64
 #define MAX_BS 128
+#ifndef PREFETCH
+#define PREFETCH 3 /* blocks ahead */
+#endif
 
 static inline float ld_f32(const float *p) { return *p; }
 static inline void st_f32(float *p, float x) { *p = x; }
@@ -55,8 +58,8 @@ int NAME(const T *q, int64_t q_stride, const T *kc, const T *vc, const int64_t *
         for (int64_t t0 = start - start % bs; t0 < n; t0 += bs) {                                        \
             const int64_t blk = tables[b * max_nb + t0 / bs];                                            \
             const int64_t lo = t0 > start ? t0 : start, hi = t0 + bs < n ? t0 + bs : n;                  \
-            if (t0 + bs < n) { /* the next block is elsewhere in the pool: ask for it early */          \
-                const int64_t nxt = tables[b * max_nb + t0 / bs + 1];                                    \
+            if (t0 + PREFETCH * bs < n) { /* blocks ahead are elsewhere in the pool: ask early */       \
+                const int64_t nxt = tables[b * max_nb + t0 / bs + PREFETCH];                             \
                 const char *kn = (const char *)(kc + nxt * bs * row), *vn = (const char *)(vc + nxt * bs * row); \
                 for (int64_t off = 0; off < bs * row * (int64_t)sizeof(T); off += 64) {                  \
                     __builtin_prefetch(kn + off); __builtin_prefetch(vn + off);                          \
