@@ -279,3 +279,23 @@ def test_stop_strings_end_the_output_exactly_before_the_stop_text(tmp_path):
     assert cut.text == full.text[:full.text.find(stop)] and cut.finish_reason == "stop"
     assert len(cut.token_ids) < len(full.token_ids)
     assert_all_blocks_free(eng)
+
+
+def test_the_engine_imports_and_runs_without_ray(models):
+    """The GPU image has torch and transformers but no Ray: nothing under raygen.engine may import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, builtins\n"
+            "real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    if name == 'ray' or name.startswith('ray.'): raise ImportError('ray is not installed here')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "from raygen.engine.engine import EngineConfig, LLMEngine\n"
+            "from raygen.engine.request import SamplingParams\n"
+            "e = LLMEngine(EngineConfig(sys.argv[1], dtype='float32', kv_cache_bytes=2**20))\n"
+            "print(len(e.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0))[0][0].token_ids))\n")
+    out = subprocess.run([sys.executable, "-c", code, models["gpt2"][0]], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "4"

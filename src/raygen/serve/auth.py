@@ -1,0 +1,101 @@
+"""API keys: loaded from config, an env var or a file; kept only as SHA-256 hashes; per-key scopes.
+
+Pure Python. A key is presented as `Authorization: Bearer <key>` (or `x-api-key`). Keys are never
+logged: a key is named by its `name` everywhere. With no keys configured, auth is off (local use).
+
+Sources, merged:
+    config   serve.auth.keys: [{name, key | key_sha256, models: [...] | null, admin: bool}]
+    env      RAYGEN_API_KEYS="name1:key1,name2:key2"   (all models, not admin)
+    file     serve.auth.keys_file: one "name:key[:model1|model2][:admin]" per line; # comments
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from raygen.errors import RequestError
+
+ENV_VAR = "RAYGEN_API_KEYS"
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    models: frozenset[str] | None = None  # None: every model
+    admin: bool = False
+
+
+ANONYMOUS = ApiKey("anonymous", "", None, False)
+
+
+class KeyStore:
+    def __init__(self, keys: list[ApiKey]):
+        self._by_hash = {k.sha256: k for k in keys}
+        if len(self._by_hash) != len(keys):
+            raise ValueError("two API keys are the same key; give each client its own")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._by_hash)
+
+    @classmethod
+    def load(cls, entries: list[dict] | None = None, keys_file: str | None = None, env: bool = True) -> KeyStore:
+        keys = []
+        for i, e in enumerate(entries or []):
+            if ("key" in e) == ("key_sha256" in e):
+                raise ValueError(f"serve.auth.keys[{i}] ({e.get('name', '?')}): give exactly one of key, key_sha256")
+            h = digest(e["key"]) if "key" in e else e["key_sha256"].lower()
+            models = e.get("models")
+            keys.append(ApiKey(e.get("name", f"key{i}"), h, frozenset(models) if models is not None else None,
+                               bool(e.get("admin", False))))
+        if env and os.environ.get(ENV_VAR):
+            for i, item in enumerate(os.environ[ENV_VAR].split(",")):
+                name, sep, key = item.strip().partition(":")
+                if not sep or not key:
+                    raise ValueError(f"{ENV_VAR} item {i + 1} is not name:key")
+                keys.append(ApiKey(name, digest(key)))
+        if keys_file:
+            path = Path(keys_file)
+            if not path.is_file():
+                raise ValueError(f"serve.auth.keys_file {path} does not exist")
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                parts = line.split(":")
+                if len(parts) < 2 or not parts[1]:
+                    raise ValueError(f"{path}:{n}: expected name:key[:model1|model2][:admin]")
+                models = frozenset(parts[2].split("|")) if len(parts) > 2 and parts[2] else None
+                keys.append(ApiKey(parts[0], digest(parts[1]), models, len(parts) > 3 and parts[3] == "admin"))
+        return cls(keys)
+
+    def authenticate(self, authorization: str | None, x_api_key: str | None = None) -> ApiKey:
+        if not self.enabled:
+            return ANONYMOUS
+        token = x_api_key
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+        if not token:
+            raise RequestError("no API key: send 'Authorization: Bearer <key>'", status=401,
+                               type="authentication_error", code="missing_api_key")
+        h = digest(token)
+        for stored, key in self._by_hash.items():  # constant-time compare over every key
+            if hmac.compare_digest(stored, h):
+                return key
+        raise RequestError("invalid API key", status=401, type="authentication_error", code="invalid_api_key")
+
+    @staticmethod
+    def authorize(key: ApiKey, model: str) -> None:
+        if key.models is not None and model not in key.models:
+            raise RequestError(f"API key {key.name!r} may not use model {model!r}", status=403,
+                               type="permission_error", code="model_not_allowed", param="model")
