@@ -77,3 +77,16 @@ def tiny_config(tmp_path_factory):
     return load_config(None, TINY + [f"data.output_dir={home}/data", f"data.paths=[{extra}]",
                                      f"train.storage_path={home}/runs", f"registry.root={home}/models",
                                      f"serve.port={free_port()}"])
+
+
+@pytest.fixture(scope="session")
+def trained(ray_cluster, tiny_config):
+    """Data → train → registry once per session: (DataStats, TrainOutcome, version)."""
+    from raygen.data.pipeline import prepare_data
+    from raygen.train.trainer import train
+    from raygen.workflow import register
+
+    stats = prepare_data(tiny_config)
+    outcome = train(tiny_config)
+    version = register(tiny_config, outcome)
+    return stats, outcome, version

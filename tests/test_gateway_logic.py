@@ -129,3 +129,26 @@ def test_classifier_hook_fires_on_output():
     f = SafetyFilter(redact_pii=False, classifier=lambda t: "toxic" if "awful" in t else None)
     out, v = _stream(f, "fine words, then awful words", 5)
     assert v is not None and v.rule == "classifier:toxic" and "awful" not in out
+
+
+# -- prefix-affinity routing --------------------------------------------------------------------------
+def test_router_prefers_the_replica_holding_the_prefix_unless_it_is_too_busy():
+    from raygen.serve.router_policy import PrefixAffinity
+
+    p = PrefixAffinity(chunk=4, margin=2)
+    system = list(range(100, 132))
+    p.record(system + [1, 2, 3], "A")
+    p.record([9] * 40, "B")
+    assert p.match(system + [7, 7, 7, 7]) == {"A": 32}
+    assert p.rank(system + [5, 6], {"A": 3, "B": 1, "C": 2})[0] == "A"  # within the margin: affinity wins
+    assert p.rank(system + [5, 6], {"A": 4, "B": 1, "C": 2}) == ["B", "C", "A"]  # too busy: least loaded
+    assert p.rank([1, 2, 3, 4, 5], {"A": 0, "B": 0}) == ["A", "B"]  # no prefix known: by load
+    # Under skew (every request shares the prefix) load still spreads once A runs ahead by the margin.
+    loads = {"A": 0, "B": 0, "C": 0}
+    for _ in range(30):
+        r = p.rank(system + [0], loads)[0]
+        loads[r] += 1
+        p.record(system + [0], r)
+    assert max(loads.values()) - min(loads.values()) <= 3
+    p.forget("A")
+    assert "A" not in p.match(system)

@@ -15,18 +15,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster, tiny_config):
-    from raygen.data.pipeline import prepare_data
-    from raygen.train.trainer import train
-    from raygen.workflow import register
-
-    stats = prepare_data(tiny_config)
-    outcome = train(tiny_config)
-    version = register(tiny_config, outcome)
-    return stats, outcome, version
-
-
-@pytest.fixture(scope="module")
 def server(trained, tiny_config):
     from ray import serve
 

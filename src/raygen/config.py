@@ -90,6 +90,47 @@ class EngineSettings(_Model):
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of identical prompt prefixes.")
 
 
+class ApiKeyEntry(_Model):
+    name: str = Field(description="Who holds the key; the name (never the key) appears in logs.")
+    key: str | None = Field(None, description="The key in clear (hashed on load); prefer key_sha256 in files.")
+    key_sha256: str | None = Field(None, description="sha256 hex digest of the key.")
+    models: list[str] | None = Field(None, description="Models this key may use; unset: all.")
+    admin: bool = Field(False, description="May call admin endpoints (cache invalidation).")
+
+
+class AuthSettings(_Model):
+    keys: list[ApiKeyEntry] = Field(default_factory=list, description="API keys; none (and no env/file): auth off.")
+    keys_file: str | None = Field(None, description="File of name:key[:model1|model2][:admin] lines.")
+
+
+class RateLimitSettings(_Model):
+    enabled: bool = Field(True, description="Per-key limits (shared by all ingress replicas).")
+    requests_per_minute: int = Field(600, ge=1, description="Requests per key per minute.")
+    tokens_per_minute: int = Field(200_000, ge=1, description="Prompt + completion tokens per key per minute.")
+
+
+class CacheSettings(_Model):
+    enabled: bool = Field(True, description="Exact-match cache of deterministic responses (temperature 0 or seed).")
+    ttl_s: float = Field(600, gt=0, description="Seconds an entry lives.")
+    max_entries: int = Field(4096, ge=1, description="Entries kept (LRU beyond).")
+    max_mib: int = Field(64, ge=1, description="Bytes kept, in MiB (LRU beyond).")
+
+
+class SafetySettings(_Model):
+    blocklist: list[str] = Field(default_factory=list, description="Phrases refused in prompts and cut from outputs.")
+    patterns: list[str] = Field(default_factory=list, description="Regexes treated like blocklist phrases.")
+    redact_pii: bool = Field(True, description="Replace emails, phone and card numbers in outputs.")
+    classifier: str | None = Field(None, description="Local HF sequence-classifier directory (optional).")
+    classifier_labels: list[str] = Field(default_factory=list, description="Classifier labels that block.")
+    classifier_threshold: float = Field(0.5, gt=0, le=1, description="Probability at which a label blocks.")
+
+
+class AutoscalingSettings(_Model):
+    min_replicas: int = Field(1, ge=0, description="Model replicas at least.")
+    max_replicas: int = Field(1, ge=1, description="Model replicas at most.")
+    target_ongoing_requests: float = Field(16, gt=0, description="Ongoing requests per replica to aim for.")
+
+
 class ServeConfig(_Model):
     host: str = Field("127.0.0.1", description="HTTP bind address of Serve's proxy.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
@@ -97,10 +138,25 @@ class ServeConfig(_Model):
     max_tokens_default: int = Field(64, ge=1, description="max_tokens when a request gives none.")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Longer prompts get 413; unset: the context "
+                                                                 "window is the only limit (400 beyond it).")
+    ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (they share one Gateway).")
+    router_chunk_tokens: int = Field(16, ge=1, description="Prefix granularity of the prefix-aware router.")
+    router_load_margin: int = Field(4, ge=0, description="A replica holding the prefix is preferred unless its "
+                                                         "load exceeds the least-loaded one's by more than this.")
     llm_replicas: int = Field(1, ge=1, description="Model replicas.")
     llm_num_cpus: float = Field(1, gt=0, description="CPUs each model replica reserves.")
     torch_threads: int = Field(0, ge=0, description="torch threads per model replica; 0: all cores.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    system_prompt: str | None = Field(None, description="Prepended to chat conversations that have none.")
+    truncation: Literal["error", "left"] = Field(
+        "error", description="A prompt longer than the context: refuse it (400), or keep its last tokens.")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    autoscaling: AutoscalingSettings | None = Field(None, description="Autoscale model replicas (replaces "
+                                                                      "llm_replicas).")
 
 
 class RaygenConfig(_Model):

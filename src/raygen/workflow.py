@@ -38,10 +38,11 @@ def complete(url: str, prompt: str, max_tokens: int = 32, timeout: float = 120, 
 
 
 def wait_ready(url: str, timeout: float = 120) -> None:
+    """Until /ready says a model replica answers (no API key needed for it)."""
     deadline = time.time() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
+            with urllib.request.urlopen(f"{url}/ready", timeout=15) as resp:
                 if resp.status == 200:
                     return
         except OSError:

@@ -1,7 +1,8 @@
 """The serving graph: `build_app(args)` is the import_path of `serve run cluster/config.yaml`.
 
-    HTTP ─► Ingress ──► Preprocessor (tokenize, params, limits)
-               └──────► Postprocessor ──► LLMServer ×N (token stream)      SSE back the same way
+    HTTP ─► Ingress (auth, OpenAI schema) ──► Gateway (rate limits, response cache: one, shared)
+               ├──────► Preprocessor (tokenize, chat template, params, limits, input safety)
+               └──────► Postprocessor (format, output safety) ──► LLMServer ×N (engine; token stream)
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from raygen.config import RaygenConfig, load_config
 from raygen.registry import Registry
+from raygen.serve.gateway import Gateway
 from raygen.serve.ingress import Ingress
 from raygen.serve.llm_server import LLMServer
 from raygen.serve.postprocess import Postprocessor
@@ -28,14 +31,37 @@ class AppArgs(BaseModel):
     overrides: list[str] = Field(default_factory=list, description="e.g. ['serve.version=production'].")
 
 
+def _llm_options(s) -> dict:
+    """Replica resources and scaling: one GPU per replica when the cluster has GPUs, CPUs otherwise."""
+    import ray
+
+    gpus = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    actor = {"num_cpus": s.llm_num_cpus, **({"num_gpus": 1} if gpus else {})}
+    opts: dict = {"ray_actor_options": actor, "max_queued_requests": 4 * 256,
+                  "request_router_config": RequestRouterConfig(
+                      request_router_class="raygen.serve.router:PrefixAwareRouter",
+                      request_router_kwargs={"chunk": s.router_chunk_tokens, "margin": s.router_load_margin},
+                      request_routing_stats_period_s=1.0, request_routing_stats_timeout_s=5.0)}
+    if s.autoscaling:
+        a = s.autoscaling
+        opts["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                      "target_ongoing_requests": a.target_ongoing_requests}
+    else:
+        opts["num_replicas"] = s.llm_replicas
+    return opts
+
+
 def build_graph(cfg: RaygenConfig) -> Application:
     version, model_dir = Registry(cfg.registry.root).resolve(cfg.registry.name, cfg.serve.version)
     s = cfg.serve
-    llm = LLMServer.options(num_replicas=s.llm_replicas, ray_actor_options={"num_cpus": s.llm_num_cpus}) \
-        .bind(str(model_dir), s.engine.model_dump(), s.torch_threads)
-    pre = Preprocessor.bind(str(model_dir), s.max_tokens_default, s.max_tokens_limit)
-    post = Postprocessor.bind(llm, str(model_dir))
-    return Ingress.bind(pre, post, cfg.registry.name, version, s.max_body_bytes)
+    llm = LLMServer.options(**_llm_options(s)).bind(str(model_dir), s.engine.model_dump(), s.torch_threads)
+    safety = s.safety.model_dump()
+    pre = Preprocessor.bind(str(model_dir), s.max_tokens_default, s.max_tokens_limit, s.system_prompt, s.truncation,
+                            safety, s.max_prompt_tokens)
+    post = Postprocessor.bind(llm, str(model_dir), safety)
+    gateway = Gateway.bind(s.rate_limit.model_dump(), s.cache.model_dump(), version)
+    return Ingress.options(num_replicas=s.ingress_replicas).bind(pre, post, gateway, llm, cfg.registry.name, version, s.max_body_bytes,
+                        s.auth.model_dump(exclude_none=True))
 
 
 def build_app(args: dict) -> Application:

@@ -1,24 +1,38 @@
-"""Ingress deployment: the OpenAI-compatible HTTP API behind Serve's proxy. Errors map to OpenAI's body here."""
+"""Ingress deployment: the OpenAI-compatible HTTP API behind Serve's proxy, and the gateway in front of
+the model: auth, per-key rate limits, the response cache, request ids; errors map to OpenAI's body here.
+
+    request ─► auth (401/403) ─► parse + limits (400/404/413) ─► cache hit? ─► preprocess (400)
+            ─► rate limit (429) ─► postprocessor ► LLMServer stream ─► SSE or JSON ─► cache store, settle
+"""
 
 # No `from __future__ import annotations` here: FastAPI must see the real `Request` type, or it reads the
 # parameter as a query field and answers 422.
 
-
+import asyncio
 import json
 import logging
-import time
 import uuid
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
 from raygen.errors import RequestError, as_request_error
-from raygen.serve.protocol import CompletionRequest, Delta, parse_request
+from raygen.serve import openai_format as fmt
+from raygen.serve.auth import ANONYMOUS, KeyStore
+from raygen.serve.cache import cache_key, cacheable
+from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, Delta, parse_request
 
 log = logging.getLogger(__name__)
 
 api = FastAPI(title="raygen", description="OpenAI-compatible completions served by raygen on Ray Serve")
+UI = Path(__file__).with_name("ui") / "index.html"
+ROUTES = {"text": CompletionRequest, "chat": ChatCompletionRequest}
+
+
+def _error(exc: RequestError, request_id: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(exc.to_body(), status_code=exc.status, headers={"x-request-id": request_id, **(headers or {})})
 
 
 async def _chain(first: Delta | None, rest):
@@ -28,110 +42,182 @@ async def _chain(first: Delta | None, rest):
         yield d
 
 
-def _error(exc: RequestError, request_id: str) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status, headers={"x-request-id": request_id})
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, preprocessor, postprocessor, model_name: str, version: str, max_body_bytes: int):
-        self.pre = preprocessor  # DeploymentHandle of Preprocessor
-        self.post = postprocessor  # DeploymentHandle of Postprocessor
+    def __init__(self, preprocessor, postprocessor, gateway, llm, model_name: str, version: str, max_body_bytes: int,
+                 auth: dict | None = None):
+        self.pre = preprocessor  # DeploymentHandles
+        self.post = postprocessor
+        self.gateway = gateway
+        self.llm = llm
         self.model_name = model_name
         self.version = version
         self.max_body_bytes = max_body_bytes
+        auth = auth or {}
+        self.keys = KeyStore.load(auth.get("keys"), auth.get("keys_file"))
+
+    # -- plain routes -----------------------------------------------------------------------------------
+    @api.get("/", response_class=HTMLResponse)
+    def ui(self):
+        return HTMLResponse(UI.read_text() if UI.exists() else "<p>raygen: no UI bundled</p>")
 
     @api.get("/health")
     def health(self) -> dict:
         return {"status": "ok"}
 
+    @api.get("/ready")
+    async def ready(self):
+        """Ready when a model replica answers (its engine is loaded)."""
+        try:
+            stats = await asyncio.wait_for(self.llm.stats.remote(), timeout=10)
+        except Exception as exc:
+            return JSONResponse({"status": "not ready", "reason": exc.__class__.__name__}, status_code=503)
+        return {"status": "ready", "model": self.model_name, "version": self.version, "engine": stats}
+
     @api.get("/v1/models")
-    def models(self) -> dict:
+    def models(self, request: Request):
+        try:
+            self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        except RequestError as exc:
+            return _error(exc, "models")
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0,
                                              "owned_by": "raygen", "root": f"{self.model_name}/{self.version}"}]}
 
+    @api.post("/admin/cache/invalidate")
+    async def invalidate(self, request: Request):
+        try:
+            key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            if self.keys.enabled and not key.admin:
+                raise RequestError("this API key is not an admin key", status=403, type="permission_error")
+        except RequestError as exc:
+            return _error(exc, "admin")
+        return {"invalidated": await self.gateway.invalidate.remote()}
+
     @api.post("/v1/completions")
     async def completions(self, request: Request):
-        request_id = f"cmpl-{uuid.uuid4().hex}"
+        return await self._serve(request, "text")
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._serve(request, "chat")
+
+    # -- the pipeline -----------------------------------------------------------------------------------
+    async def _serve(self, request: Request, kind: str):
+        request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        limit_headers: dict = {}
         try:
-            req = await self._parse(request)
-            prompt_ids, params = await self.pre.prepare.remote(req)
+            key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            body = await self._body(request)
+            req = parse_request(body, ROUTES[kind])
+            model = req.model or self.model_name
+            if model not in (self.model_name, f"{self.model_name}/{self.version}"):
+                raise RequestError(f"model {req.model!r} does not exist; this server has {self.model_name!r}",
+                                   status=404, param="model", code="model_not_found")
+            self.keys.authorize(key, self.model_name)
+            ckey = None
+            if cacheable(body) and "no-cache" not in request.headers.get("cache-control", ""):
+                ckey = cache_key(self.version, kind, body)
+                hit = await self.gateway.cache_get.remote(ckey)
+                if hit is not None:
+                    return self._from_cache(kind, hit, req, request_id)
+            prompt_ids, params = await (self.pre.prepare_chat if kind == "chat" else self.pre.prepare).remote(req)
+            reserved = len(prompt_ids) + params.max_tokens * params.n
+            decision = await self.gateway.acquire.remote(key.name if key is not ANONYMOUS else "anonymous", reserved)
+            if decision is not None:
+                limit_headers = decision.headers()
+                if not decision.allowed:
+                    why = "tokens" if reserved > decision.remaining_tokens else "requests"
+                    raise RequestError(f"rate limit reached for {why} per minute; retry after "
+                                       f"{limit_headers['retry-after']} s", status=429, type="rate_limit_error",
+                                       code="rate_limit_exceeded")
             deltas = self.post.options(stream=True).stream.remote(prompt_ids, params)
-            # Wait for the first delta before answering: errors up to then still get a status code.
-            first = await deltas.__anext__()
+            first = await deltas.__anext__()  # errors up to the first delta still get a status code
         except StopAsyncIteration:
             first = None
         except Exception as exc:
-            return _error(self._as_error(exc), request_id)
-        headers = {"x-request-id": request_id, "x-raygen-model-version": self.version}
+            return _error(self._as_error(exc), request_id, limit_headers)
+        headers = {"x-request-id": request_id, "x-raygen-model-version": self.version, **limit_headers}
+        account = (key.name, reserved) if decision is not None else None
         if req.stream:
-            return StreamingResponse(self._sse(request_id, req, first, deltas), media_type="text/event-stream",
-                                     headers=headers)
+            return StreamingResponse(self._sse(kind, request_id, req, first, deltas, ckey, account),
+                                     media_type="text/event-stream", headers=headers)
         choices: dict[int, list[Delta]] = {}
         try:
             async for d in _chain(first, deltas):
                 choices.setdefault(d.index, []).append(d)
         except Exception as exc:
             return _error(self._as_error(exc), request_id)
-        body = self._chunk(request_id, [self._choice(i, ds) for i, ds in sorted(choices.items())])
-        body["usage"] = self._usage([ds[-1] for ds in choices.values()])
-        return JSONResponse(body, headers=headers)
+        result = fmt.whole(kind, request_id, self.model_name, self.version, choices)
+        await self._after(result, ckey, account)
+        return JSONResponse(result, headers=headers)
 
-    @staticmethod
-    def _as_error(exc: Exception) -> RequestError:
-        rerr = as_request_error(exc)
-        if rerr is None:  # our fault: log it whole, tell the client it is a server error
-            log.exception("completion failed")
-            rerr = RequestError(f"internal error: {exc.__class__.__name__}", status=500, type="server_error")
-        return rerr
-
-    @staticmethod
-    def _choice(index: int, deltas: list[Delta]) -> dict:
-        """One choice from its deltas (all of them, or one streamed chunk)."""
-        lps = [d.logprobs for d in deltas if d.logprobs is not None]
-        merged = {k: [x for lp in lps for x in lp[k]] for k in ("tokens", "token_logprobs", "top_logprobs",
-                                                                "text_offset")} if lps else None
-        return {"index": index, "text": "".join(d.text for d in deltas), "logprobs": merged,
-                "finish_reason": deltas[-1].finish_reason}
-
-    async def _parse(self, request: Request) -> CompletionRequest:
+    async def _body(self, request: Request) -> dict:
         raw = await request.body()
         if len(raw) > self.max_body_bytes:
             raise RequestError(f"request body is {len(raw)} bytes; the limit is {self.max_body_bytes}", status=413)
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestError(f"request body is not valid JSON: {exc}") from exc
-        req = parse_request(body)
-        if req.model not in (None, self.model_name, f"{self.model_name}/{self.version}"):
-            raise RequestError(f"model {req.model!r} does not exist; this server has {self.model_name!r}",
-                               status=404, param="model", code="model_not_found")
-        return req
 
-    def _chunk(self, request_id: str, choices: list[dict]) -> dict:
-        return {"id": request_id, "object": "text_completion", "created": int(time.time()),
-                "model": self.model_name, "system_fingerprint": self.version, "choices": choices}
+    async def _after(self, result: dict, ckey: str | None, account: tuple[str, int] | None) -> None:
+        """Book a finished response: refund unused tokens, cache it when it is complete."""
+        if account:
+            self.gateway.settle.remote(account[0], account[1], result["usage"]["total_tokens"])
+        if ckey and all(c["finish_reason"] in ("stop", "length") for c in result["choices"]):
+            self.gateway.cache_put.remote(ckey, result)
+
+    def _from_cache(self, kind: str, hit: dict, req, request_id: str):
+        headers = {"x-request-id": request_id, "x-raygen-model-version": self.version, "x-raygen-cache": "hit"}
+        if not req.stream:
+            return JSONResponse({**hit, "id": request_id}, headers=headers)
+        include = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def events():
+            for c in fmt.replay(kind, hit, request_id, include):
+                yield f"data: {json.dumps(c)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     @staticmethod
-    def _usage(last: list[Delta]) -> dict:
-        """From each choice's last delta: the prompt counts once, completions add up over choices."""
-        prompt = last[0].prompt_tokens if last else 0
-        completion = sum(d.completion_tokens for d in last)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": last[0].cached_tokens if last else 0}}
+    def _as_error(exc: Exception) -> RequestError:
+        rerr = as_request_error(exc)
+        if rerr is not None:
+            return rerr
+        from ray.serve.exceptions import BackPressureError
 
-    async def _sse(self, request_id: str, req: CompletionRequest, first: Delta | None, deltas):
-        last: dict[int, Delta] = {}
+        if isinstance(exc, BackPressureError) or isinstance(getattr(exc, "cause", None), BackPressureError):
+            return RequestError("the server is overloaded; retry shortly", status=503, type="server_error",
+                                code="overloaded")
+        log.exception("completion failed")  # our fault: log it whole, tell the client it is a server error
+        return RequestError(f"internal error: {exc.__class__.__name__}", status=500, type="server_error")
+
+    async def _sse(self, kind: str, request_id: str, req, first: Delta | None, deltas, ckey, account):
+        choices: dict[int, list[Delta]] = {}
+        offsets: dict[int, int] = {}
+        done = False
         try:
             async for d in _chain(first, deltas):
-                last[d.index] = d
-                yield f"data: {json.dumps(self._chunk(request_id, [self._choice(d.index, [d])]))}\n\n"
+                first_of_choice = d.index not in choices
+                choices.setdefault(d.index, []).append(d)
+                c = fmt.choice(kind, d.index, [d], stream=True, first=first_of_choice, offset=offsets.get(d.index, 0))
+                if c.get("logprobs") and kind == "text":
+                    offsets[d.index] = offsets.get(d.index, 0) + sum(len(t) for t in c["logprobs"]["tokens"])
+                yield f"data: {json.dumps(fmt.envelope(kind, request_id, self.model_name, self.version, [c], True))}\n\n"
+            done = True
         except Exception as exc:  # the stream already started: report in-band, as OpenAI does
-            body = {"error": {"message": f"generation failed: {exc}", "type": "server_error",
-                              "param": None, "code": None}}
-            yield f"data: {json.dumps(body)}\n\n"
-        if last and req.stream_options and req.stream_options.include_usage:
-            usage = {**self._chunk(request_id, []), "usage": self._usage(list(last.values()))}
-            yield f"data: {json.dumps(usage)}\n\n"
+            err = self._as_error(exc)
+            yield f"data: {json.dumps(err.to_body())}\n\n"
+        finally:
+            if not done:
+                deltas.cancel()  # client gone or failure: stop generating, free the KV blocks
+        if choices:
+            result = fmt.whole(kind, request_id, self.model_name, self.version, choices)
+            if req.stream_options and req.stream_options.include_usage:
+                usage = {**fmt.envelope(kind, request_id, self.model_name, self.version, [], True),
+                         "usage": result["usage"]}
+                yield f"data: {json.dumps(usage)}\n\n"
+            await self._after(result, ckey if done else None, account)
         yield "data: [DONE]\n\n"

@@ -42,6 +42,13 @@ class LLMServer:
 
         return asdict(self.engine.stats())
 
+    def record_routing_stats(self) -> dict:
+        """What PrefixAwareRouter balances on (Serve polls it every request_routing_stats_period_s)."""
+        import time
+
+        s = self.engine.stats()
+        return {"load": s.num_running + s.num_waiting, "kv_usage": s.kv_usage, "at": time.time()}
+
     def __del__(self):
         engine = getattr(self, "engine", None)
         if engine is not None:

@@ -1,43 +1,61 @@
-"""Postprocessor deployment: drives the model's output stream and formats it as OpenAI deltas
-(text per choice, logprobs with token strings, usage). Detokenization and stop strings happen in the
-engine, which must cut generation the moment a stop string appears."""
+"""Postprocessor deployment: drives the model's output stream; response formatting (text per choice,
+logprobs with token strings, usage) and the output safety filter.
+
+Incremental detokenization (UTF-8 split across tokens, stop strings split across chunks) happens in the
+engine (raygen/engine/detok.py), which must stop generating the moment a stop string completes.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from ray import serve
 
 from raygen.engine.request import RequestOutput, SamplingParams
+from raygen.serve.preprocess import build_safety
 from raygen.serve.protocol import Delta
+
+log = logging.getLogger(__name__)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 class Postprocessor:
-    def __init__(self, llm, model_dir: str):
+    def __init__(self, llm, model_dir: str, safety: dict | None = None):
         from transformers import AutoTokenizer
 
         self.llm = llm  # DeploymentHandle of LLMServer
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.safety = build_safety(safety) if safety else None
+        self.num_blocked = 0
 
-    def _logprobs(self, out: RequestOutput, offset: int) -> tuple[dict, int]:
-        """OpenAI completions logprobs for out's tokens, and the text offset after them."""
-        tokens = [self.tokenizer.decode([lp.token_id]) for lp in out.logprobs]
-        offsets = []
-        for t in tokens:
-            offsets.append(offset)
-            offset += len(t)
-        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in out.logprobs],
-                "top_logprobs": [{self.tokenizer.decode([t]): v for t, v in lp.top} for lp in out.logprobs],
-                "text_offset": offsets}, offset
+    def _logprobs(self, out: RequestOutput) -> list[dict]:
+        dec = self.tokenizer.decode
+        return [{"token": dec([lp.token_id]), "logprob": lp.logprob, "top": [[dec([t]), v] for t, v in lp.top]}
+                for lp in out.logprobs]
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
-        offsets = [0] * params.n  # text_offset of each choice's next token
-        async for chunk in self.llm.options(stream=True).generate.remote(prompt_ids, params):
+        guards = [self.safety.guard() for _ in range(params.n)] if self.safety and self.safety.active else None
+        gen = self.llm.options(stream=True).generate.remote(prompt_ids, params)
+        live = params.n
+        async for chunk in gen:
             for out in chunk:
-                lps = None
-                if out.logprobs is not None:
-                    lps, offsets[out.index] = self._logprobs(out, offsets[out.index])
-                if out.text or out.finish_reason or out.logprobs:
-                    yield Delta(out.index, out.text, out.finish_reason, lps, out.num_prompt_tokens,
-                                out.num_output_tokens, out.num_cached_tokens)
+                text, reason = out.text, out.finish_reason
+                if guards:
+                    g = guards[out.index]
+                    if g.violation:
+                        continue  # this choice was already cut
+                    text = g.feed(text) + (g.flush() if reason else "")
+                    if g.violation:
+                        self.num_blocked += 1
+                        log.warning("safety: output of choice %d cut by %s", out.index, g.violation.rule)
+                        reason = "content_filter"
+                lps = self._logprobs(out) if out.logprobs is not None else None
+                if text or reason or lps:
+                    yield Delta(out.index, text, reason, lps, out.num_prompt_tokens, out.num_output_tokens,
+                                out.num_cached_tokens)
+                if reason:
+                    live -= 1
+                    if reason == "content_filter" and live == 0:
+                        gen.cancel()  # frees the engine's blocks for this request
+                        return

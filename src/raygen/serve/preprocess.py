@@ -1,15 +1,25 @@
-"""Preprocessor deployment: tokenization and parameter configuration (defaults, limits, context window)."""
+"""Preprocessor deployment: tokenization, chat templates, prompt policy (system prompt, truncation),
+parameter configuration (defaults, limits) and the input safety check."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ray import serve
 
-from raygen.errors import RequestError
 from raygen.engine.request import SamplingParams
-from raygen.serve.protocol import CompletionRequest
+from raygen.errors import RequestError
+from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest
+from raygen.serve.safety import SafetyFilter, hf_classifier
+
+log = logging.getLogger(__name__)
+
+# Used when the tokenizer brings no chat template (raygen's own BPE tokenizers do not).
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
 def context_window(model_dir: str | Path) -> int:
@@ -20,18 +30,39 @@ def context_window(model_dir: str | Path) -> int:
     raise ValueError(f"{model_dir}/config.json names no context length")
 
 
+def build_safety(cfg: dict) -> SafetyFilter:
+    """SafetySettings (as a dict) → SafetyFilter; the classifier loads here when configured."""
+    clf = hf_classifier(cfg["classifier"], cfg["classifier_labels"], cfg["classifier_threshold"]) \
+        if cfg.get("classifier") else None
+    return SafetyFilter(cfg["blocklist"], cfg["patterns"], cfg["redact_pii"], clf)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class Preprocessor:
-    def __init__(self, model_dir: str, max_tokens_default: int, max_tokens_limit: int):
+    def __init__(self, model_dir: str, max_tokens_default: int, max_tokens_limit: int, system_prompt: str | None = None,
+                 truncation: str = "error", safety: dict | None = None, max_prompt_tokens: int | None = None):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.chat_template = self.tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
         self.context = context_window(model_dir)
         self.max_tokens_default = max_tokens_default
         self.max_tokens_limit = max_tokens_limit
+        self.system_prompt = system_prompt
+        self.truncation = truncation
+        self.max_prompt_tokens = max_prompt_tokens
+        self.safety = build_safety(safety) if safety else None
+
+    def _check_input(self, text: str) -> None:
+        v = self.safety.violation(text, "input") if self.safety else None
+        if v:
+            log.warning("safety: input refused by %s", v.rule)
+            raise RequestError("the prompt was refused by this server's content policy", param="prompt",
+                               code="content_policy_violation")
 
     def prepare(self, req: CompletionRequest) -> tuple[list[int], SamplingParams]:
         if isinstance(req.prompt, str):
+            self._check_input(req.prompt)
             ids = self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
         else:
             ids = list(req.prompt)
@@ -39,18 +70,45 @@ class Preprocessor:
             if bad:
                 raise RequestError(f"prompt token ids {bad[:5]} are outside the vocabulary "
                                    f"(0..{len(self.tokenizer) - 1})", param="prompt")
+            self._check_input(self.tokenizer.decode(ids))
+        return self._finish(ids, req, req.max_tokens)
+
+    def prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
+        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        if self.system_prompt and messages[0]["role"] not in ("system", "developer"):
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        self._check_input("\n".join(m["content"] for m in messages if m["role"] != "assistant"))
+        try:
+            text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                      add_generation_prompt=True)
+        except Exception as exc:  # templates raise on role orders they do not support
+            raise RequestError(f"messages: {exc}", param="messages") from exc
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._finish(ids, req, req.max_completion_tokens or req.max_tokens)
+
+    def _finish(self, ids: list[int], req, max_tokens: int | None) -> tuple[list[int], SamplingParams]:
         if not ids:
             raise RequestError("prompt encodes to zero tokens", param="prompt")
-        max_tokens = req.max_tokens or self.max_tokens_default
+        if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
+            raise RequestError(f"the prompt has {len(ids)} tokens; this server takes at most {self.max_prompt_tokens}",
+                               status=413, param="prompt", code="prompt_too_large")
+        max_tokens = max_tokens or self.max_tokens_default
         if max_tokens > self.max_tokens_limit:
             raise RequestError(f"max_tokens {max_tokens} exceeds this server's limit of {self.max_tokens_limit}",
                                param="max_tokens")
         if len(ids) + max_tokens > self.context:
-            raise RequestError(f"this model's context window is {self.context} tokens; the prompt has {len(ids)} "
-                               f"and max_tokens is {max_tokens}: shorten the prompt or lower max_tokens",
-                               param="prompt", code="context_length_exceeded")
-        return ids, SamplingParams(
-            max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-            repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty, seed=req.seed, n=req.n, stop=req.stop or [],
-            ignore_eos=req.ignore_eos, logprobs=req.logprobs)
+            if self.truncation == "left" and max_tokens < self.context:
+                ids = ids[len(ids) + max_tokens - self.context:]  # keep the most recent tokens
+            else:
+                raise RequestError(
+                    f"this model's context window is {self.context} tokens; the prompt has {len(ids)} and "
+                    f"max_tokens is {max_tokens}: shorten the prompt or lower max_tokens", status=400,
+                    param="prompt", code="context_length_exceeded")
+        try:
+            return ids, SamplingParams(
+                max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                min_p=req.min_p, repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty, seed=req.seed, n=req.n, stop=req.stop or [],
+                ignore_eos=req.ignore_eos, logprobs=req.num_logprobs)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -15,12 +15,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions. Unknown OpenAI fields are ignored, as OpenAI-compatible servers do."""
+class _Sampling(BaseModel):
+    """Fields shared by completions and chat completions. Unknown OpenAI fields are ignored, as
+    OpenAI-compatible servers do."""
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    prompt: str | list[int] | list[str]
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -30,14 +30,32 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=20)
     # Beyond OpenAI, as vLLM accepts them:
     min_p: float = Field(0.0, ge=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0, le=10)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     ignore_eos: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return stops
+
+    @property
+    def num_logprobs(self) -> int | None:
+        raise NotImplementedError
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions."""
+
+    prompt: str | list[int] | list[str]
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
 
     @field_validator("echo")
     @classmethod
@@ -59,13 +77,37 @@ class CompletionRequest(BaseModel):
             raise ValueError("prompt must not be empty")
         return v
 
-    @field_validator("stop")
+    @property
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict] | None = None
+
+    @field_validator("content")
     @classmethod
-    def _stops(cls, v):
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
-        return stops
+    def _text_only(cls, v):
+        if isinstance(v, list):  # OpenAI's content parts: text parts only
+            if any(p.get("type") != "text" for p in v):
+                raise ValueError("only text content parts are supported")
+            v = "".join(p.get("text", "") for p in v)
+        return v or ""
+
+
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def parse_request(body: Any, model_cls: type[BaseModel] = CompletionRequest) -> BaseModel:
