@@ -32,7 +32,9 @@ def ray_cluster(tmp_path_factory):
     import ray
 
     port, dash = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    from raygen.cluster import serve_env
+
+    env = serve_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     env.pop("RAY_ADDRESS", None)
     subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={port}",
                     "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -61,6 +63,44 @@ TINY = [
 ]
 
 
+DOC = ("A user document about Ray Serve deployments explains how replicas scale with the traffic they see. "
+       "When the queue of ongoing requests grows, the autoscaler adds replicas, and when the load falls it "
+       "removes them again after a delay. Each replica holds one copy of the model in memory, so the number "
+       "of replicas is bounded by the memory of the cluster and by the budget of the team that runs it.")
+NOTES = ("# Notes on training\n\nDeepSpeed shards the optimizer state across the workers with ZeRO stage two, "
+         "and the gradients too. The learning rate warms up over the first steps and then decays along a "
+         "cosine curve. We log the loss of every step and evaluate on the held-out split at the end of an "
+         "epoch, which tells us whether the model is still improving or has begun to overfit the data.\n")
+GZ = ("Compressed files are read as they are stored and opened by their suffix, so a gzip archive of lines "
+      "costs no more than the plain file. Each line holds one record with a text field, and every record keeps "
+      "the line it came from, which makes the quarantine file useful when a line cannot be parsed at all.")
+PAGE = ("<html><head><title>Guide</title><script>var tracking = 1;</script></head><body><nav>Home | About</nav>"
+        "<p>The guide describes how a data pipeline reads files from many sources and writes clean shards. "
+        "Every document keeps its source and its offset, so that any line of the output can be traced back "
+        "to the file it came from, and the counts of every stage add up to the number of records read.</p>"
+        "<footer>Copyright 2026. All rights reserved.</footer></body></html>")
+
+
+def plant(extra: Path) -> dict[str, int]:
+    """The planted corpus: good documents in every format, plus one bad record of each kind; returns the
+    drop reasons the data stage must book for it."""
+    import gzip
+
+    near = DOC.replace("budget", "money")  # shingle Jaccard ~0.85
+    (extra / "docs.jsonl").write_text("\n".join([
+        json.dumps({"text": DOC}), json.dumps({"text": DOC}),  # an exact duplicate
+        json.dumps({"text": near}),  # a near duplicate
+        "{broken", '{"body": "x"}', '{"text": "tiny"}']) + "\n")
+    (extra / "notes.md").write_text(NOTES)
+    (extra / "page.html").write_text(PAGE)
+    (extra / "more.jsonl.gz").write_bytes(gzip.compress(json.dumps({"text": GZ}).encode()))
+    (extra / "table.csv").write_text('id,body\n1,"' + NOTES.replace("Notes", "More notes") + '"\n')
+    (extra / "bad.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \x81\x82")
+    (extra / "empty.txt").write_text("")
+    return {"bad_json": 1, "no_text_field": 2, "too_short": 1, "duplicate": 1, "near_duplicate": 1,
+            "undecodable": 1, "empty_file": 1}  # at least these
+
+
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory):
     from raygen.config import load_config
@@ -68,12 +108,7 @@ def tiny_config(tmp_path_factory):
     home = tmp_path_factory.mktemp("raygen_home")
     extra = home / "extra"
     extra.mkdir()
-    # Planted records: a bad JSON line, a row without text, a too-short doc and an exact duplicate.
-    doc = "A user document about Ray Serve deployments and how replicas scale. " * 5
-    (extra / "docs.jsonl").write_text(
-        "\n".join([json.dumps({"text": doc}), json.dumps({"text": doc}), "{broken", '{"body": "x"}',
-                   '{"text": "tiny"}']) + "\n")
-    (extra / "notes.md").write_text("# Notes\n\n" + "Markdown notes on training with DeepSpeed. " * 10)
+    plant(extra)
     return load_config(None, TINY + [f"data.output_dir={home}/data", f"data.paths=[{extra}]",
                                      f"train.storage_path={home}/runs", f"registry.root={home}/models",
                                      f"serve.port={free_port()}"])

@@ -190,10 +190,12 @@ def test_web_ui_streams_a_reply_in_headless_chromium(gateway_server):
             page.fill("#key", KEY)
             page.dispatch_event("#key", "change")
             page.wait_for_function("document.querySelector('#model').options.length > 0", timeout=30_000)
+            page.fill("#max_tokens", "16")
             page.fill("#prompt", "What does a for loop do?")
             page.click("#send")
-            page.wait_for_function("document.querySelector('#status').textContent.startsWith('finish')",
+            page.wait_for_function("/^(finish|error)/.test(document.querySelector('#status').textContent)",
                                    timeout=60_000)
+            assert page.text_content("#status").startswith("finish"), page.text_content("#status")
             reply = page.text_content(".msg.assistant")
             assert reply and reply.strip(), page.text_content("#status")
             assert "chunks" in page.text_content("#status")

@@ -117,6 +117,16 @@ def test_pii_is_redacted_in_streamed_output(size):
     assert out == "mail [email] or call [phone], card [card] thanks"
 
 
+def test_pii_redaction_holds_back_only_the_last_word_of_prose():
+    g = SafetyFilter().guard()
+    words = "the return statement leaves a function with a value".split(" ")
+    sent = "".join(g.feed((" " if i else "") + w) for i, w in enumerate(words))
+    assert sent == "the return statement leaves a function with a "  # only "value" is still held
+    assert g.flush() == "value"
+    g = SafetyFilter().guard()
+    assert g.feed("call 415 555") == "call" and g.feed(" 0123 now") == " [phone] " and g.flush() == "now"
+
+
 def test_regex_and_input_checks_and_bad_pattern():
     f = SafetyFilter(patterns=[r"\bpassword\s*="], redact_pii=False)
     assert f.violation("set PASSWORD = hunter2", "input").rule.startswith("regex:")

@@ -35,7 +35,7 @@ def test_empty_corpus_is_a_clear_error(ray_cluster, tmp_path):
 
     (tmp_path / "short.txt").write_text("too short")
     cfg = load_config(None, ["data.builtin=false", f"data.paths=[{tmp_path}]", f"data.output_dir={tmp_path}/out"])
-    with pytest.raises(DataError, match="empty after cleaning.*too_short"):
+    with pytest.raises(DataError, match="empty after curation.*too_short"):
         prepare_data(cfg)
 
 

@@ -93,6 +93,28 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_label_export(args) -> int:
+    from raygen.cluster import init_ray
+    from raygen.data.pipeline import export_for_labeling
+
+    cfg = _config(args)
+    init_ray()
+    n = export_for_labeling(cfg, args.out, args.size, args.stratify_by, args.seed)
+    print(f"wrote {n} Label Studio tasks to {args.out}; import the annotated export back with a labeler "
+          f"spec {{kind: human, path: <export.json>, name: <column>}} in data.labelers")
+    return 0
+
+
+def cmd_label_import(args) -> int:
+    from raygen.cluster import init_ray
+    from raygen.data.pipeline import import_labels
+
+    cfg = _config(args)
+    init_ray()
+    import_labels(cfg, args.export, args.name, args.from_name)
+    return 0
+
+
 def cmd_train(args) -> int:
     from raygen.cluster import init_ray
     from raygen.train.trainer import train
@@ -155,6 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--smoke", action="store_true", help="exit after the first answer")
     d.add_argument("--port", type=int, help="HTTP port (default 8000)")
     add("data", cmd_data, "run the data stage").add_argument("--data", action="append", metavar="PATH")
+    le = add("label-export", cmd_label_export, "a stratified sample of curated documents for Label Studio")
+    le.add_argument("out", help="JSON file of Label Studio tasks to write")
+    le.add_argument("--size", type=int, default=200, help="tasks to sample")
+    le.add_argument("--stratify-by", default="domain", help="label column whose shares the sample keeps")
+    le.add_argument("--seed", type=int, default=0)
+    li = add("label-import", cmd_label_import, "annotations from a Label Studio export become a label column")
+    li.add_argument("export", help="Label Studio JSON (or JSON-MIN) export of the annotated tasks")
+    li.add_argument("--name", default="human_label", help="column to write")
+    li.add_argument("--from-name", default="label", help="the Choices tag's name in the labeling config")
     add("train", cmd_train, "train on prepared data and register the model")
     add("serve", cmd_serve, "serve a registered model").add_argument("--port", type=int)
     pr = add("promote", cmd_promote, "point an alias (default: production) at a version")

@@ -149,22 +149,18 @@ class Client:
 
 
 class HandleClient:
-    """For code inside the Ray cluster: the preprocessor and postprocessor through Serve handles (no auth,
-    rate limit or cache: those belong to the HTTP edge)."""
+    """For code inside the Ray cluster: the app's ingress through its Serve handle
+    (`serve.get_app_handle`), without HTTP (and without auth, rate limits or the response cache: those
+    belong to the HTTP edge)."""
 
     def __init__(self, app_name: str = "raygen"):
         from ray import serve
 
-        self.pre = serve.get_deployment_handle("Preprocessor", app_name)
-        self.post = serve.get_deployment_handle("Postprocessor", app_name)
+        self.app = serve.get_app_handle(app_name)
 
     async def stream(self, prompt: str | list[int], **params) -> AsyncIterator[str]:
-        from raygen.serve.protocol import CompletionRequest
-
-        ids, sp = await self.pre.prepare.remote(CompletionRequest(prompt=prompt, **params))
-        async for d in self.post.options(stream=True).stream.remote(ids, sp):
-            if d.index == 0 and d.text:
-                yield d.text
+        async for piece in self.app.options(stream=True).text_stream.remote(prompt, params):
+            yield piece
 
     async def complete(self, prompt: str | list[int], **params) -> str:
         return "".join([t async for t in self.stream(prompt, **params)])

@@ -21,13 +21,69 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SourceConfig(_Model):
+    path: str = Field(description="File, directory, glob or URI (s3://, gs://, https://) of .txt/.md/.html/"
+                                  ".jsonl/.json/.csv/.parquet, optionally .gz/.zst.")
+    text_key: str = Field("text", description="Field (jsonl/json) or column (csv/parquet) holding the text.")
+    license: str | None = Field(None, description="License tag recorded with every document of this source.")
+    weight: float = Field(1.0, gt=0, le=100, description="Mixing weight: documents repeat ~weight times in the "
+                                                        "packed training data (fractions by document hash).")
+    max_docs: int | None = Field(None, ge=1, description="Keep at most this many records of this source.")
+
+
+class NearDedupConfig(_Model):
+    shingle: int = Field(5, ge=1, description="Words per shingle.")
+    bands: int = Field(20, ge=1, description="LSH bands; with rows, sets the curve's midpoint ~(1/b)^(1/r) "
+                                             "(20x7: 0.65, below the threshold: see raygen/data/minhash.py).")
+    rows: int = Field(7, ge=1, description="Minhash values per band.")
+    threshold: float = Field(0.8, gt=0, le=1, description="Candidate pairs below this estimated Jaccard are not "
+                                                          "duplicates.")
+
+
+DEFAULT_STAGES = ["normalize", "html", "boilerplate", "quality", "language", "pii", "exact_dedup", "near_dedup"]
+
+
 class DataConfig(_Model):
     builtin: bool = Field(True, description="Include the built-in corpus: CPython's documentation topics.")
-    paths: list[str] = Field(default_factory=list, description="Files or directories of .txt/.md/.jsonl.")
-    jsonl_text_key: str = Field("text", description="The field holding the document text in .jsonl rows.")
+    sources: list[SourceConfig] = Field(default_factory=list, description="Data sources with provenance settings.")
+    paths: list[str] = Field(default_factory=list, description="Shorthand: sources with default settings.")
+    jsonl_text_key: str = Field("text", description="text_key for the sources given as `paths`.")
+    stages: list[str] = Field(default_factory=lambda: list(DEFAULT_STAGES),
+                              description="Curation stages, in order (see raygen/data/stages.py).")
     normalization: Literal["NFC", "NFKC"] = Field("NFKC", description="Unicode normalization form.")
     min_chars: int = Field(200, ge=1, description="Documents shorter than this after cleaning are dropped.")
-    output_dir: str = Field("data/demo", description="Where tokenizer, Parquet shards and stats go.")
+    quality: dict[str, Any] = Field(default_factory=dict, description="Overrides of raygen.data.quality."
+                                                                      "QualityRules fields (None turns a rule off).")
+    languages: list[str] = Field(default_factory=list, description="Keep only these languages (ISO 639-1); "
+                                                                   "empty: all (still labeled).")
+    min_language_score: float = Field(0.0, ge=0, le=1, description="Drop documents whose language id is less sure.")
+    pii_kinds: list[Literal["secret", "email", "card", "ip", "phone"]] = Field(
+        default_factory=lambda: ["secret", "email", "card", "ip", "phone"], description="PII kinds to redact.")
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    labelers: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"kind": "quality"}, {"kind": "domain"}, {"kind": "toxicity"}],
+        description="Labelers run after dedup (raygen/data/label.py); language comes from its stage.")
+    label_filter: dict[str, list[Any]] = Field(default_factory=dict, description="Keep documents whose label "
+                                                                                 "column has one of these values.")
+    label_weights: dict[str, dict[str, float]] = Field(default_factory=dict, description="Multiply a document's "
+                                                                                         "weight per label value.")
+    incremental: bool = Field(True, description="Skip documents already in the output's manifest; add new ones.")
+    output_dir: str = Field("data/demo", description="Where tokenizer, Parquet shards, card and stats go.")
+
+    @model_validator(mode="after")
+    def _valid_stages_and_rules(self) -> DataConfig:
+        from raygen.data import quality, stages
+
+        stages.check_stages(self.stages)
+        try:
+            quality.QualityRules(**{k: tuple(tuple(x) for x in v) if isinstance(v, list) else v
+                                    for k, v in self.quality.items()})
+        except TypeError as exc:
+            raise ValueError(f"data.quality: {exc}; fields are those of raygen.data.quality.QualityRules") from exc
+        return self
+
+    def all_sources(self) -> list[SourceConfig]:
+        return self.sources + [SourceConfig(path=p, text_key=self.jsonl_text_key) for p in self.paths]
 
 
 class FeaturesConfig(_Model):
@@ -35,6 +91,11 @@ class FeaturesConfig(_Model):
     block_size: int = Field(128, ge=8, description="Tokens per packed training sequence.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of documents (by hash) held out.")
     pack_batch_docs: int = Field(64, ge=1, description="Documents packed together; leftovers are dropped.")
+    tokenizer: str | None = Field(None, description="Reuse this Hugging Face tokenizer directory instead of "
+                                                    "training one (its vocabulary size wins).")
+    tokenizer_sample_mb: int = Field(256, ge=1, description="Train the tokenizer on at most this much text (MiB), "
+                                                            "a hash-chosen sample of the documents.")
+    chat_template: str | None = Field(None, description="Jinja chat template saved with a trained tokenizer.")
 
 
 class ModelConfig(_Model):
@@ -114,6 +175,8 @@ class CacheSettings(_Model):
     ttl_s: float = Field(600, gt=0, description="Seconds an entry lives.")
     max_entries: int = Field(4096, ge=1, description="Entries kept (LRU beyond).")
     max_mib: int = Field(64, ge=1, description="Bytes kept, in MiB (LRU beyond).")
+    near_ttl_s: float = Field(1.0, ge=0, description="Each ingress replica also keeps recent hits this long "
+                                                    "(skips a hop; may outlive an invalidation by as much); 0: off.")
 
 
 class SafetySettings(_Model):
@@ -141,6 +204,8 @@ class ServeConfig(_Model):
     max_prompt_tokens: int | None = Field(None, ge=1, description="Longer prompts get 413; unset: the context "
                                                                  "window is the only limit (400 beyond it).")
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (they share one Gateway).")
+    split_processing: bool = Field(False, description="Pre/Postprocessor as deployments of their own (else inside "
+                                                      "each ingress: fewer hops); on when a classifier is set.")
     router_chunk_tokens: int = Field(16, ge=1, description="Prefix granularity of the prefix-aware router.")
     router_load_margin: int = Field(4, ge=0, description="A replica holding the prefix is preferred unless its "
                                                          "load exceeds the least-loaded one's by more than this.")

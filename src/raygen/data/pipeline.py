@@ -1,41 +1,61 @@
-"""The data job: collect → clean → exact dedup → tokenizer → tokenize + pack → Parquet shards + stats.json.
+"""The data job: collect → document stages → exact and near dedup → label → mix → tokenizer → pack →
+Parquet shards, a dataset card (JSON, Markdown, PNG plots) and stats.json.
 
-Plans stay lazy and stream through Ray Data; the driver sees only counts and the tokenizer's text stream.
-The cleaned corpus is materialized once (in the object store, spilling to disk) because two stages read it.
+Plans stream through Ray Data; the driver sees counts, histograms (bin counts) and the tokenizer's text
+stream, never the corpus. Accounting: every collected record ends kept or under exactly one drop reason
+(the card lists both and they add up); unreadable records also go to quarantine/ with their source.
+
+Runs are incremental and restartable. Each run writes its curated documents to docs/<run>/ and the raw
+hashes it collected to manifest/<run>/; only runs listed in runs.json (replaced atomically, last) count,
+and anything else under docs/ or manifest/ is the debris of a killed run, removed at start. A later run
+skips records whose raw hash is in the manifest (reason `already_collected`) and adds only new documents;
+features, shards and the card are rebuilt from every committed run, so a re-run after a kill ends with
+the same result as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import ray
 
 from raygen.config import RaygenConfig
-from raygen.data import clean, features, sources
+from raygen.data import card, clean, features, sources, stages
+from raygen.data.quality import QualityRules
 from raygen.errors import DataError
+
+DROP_ALREADY_COLLECTED = "already_collected"
+DROP_LABEL_FILTER = "label_filter"
+LENGTH_BINS = np.array([0] + [int(2 ** (i / 2)) for i in range(12, 41)])  # chars: 64 .. 1M, √2 steps
 
 
 @dataclass
 class DataStats:
     output_dir: str
-    num_collected: int  # input documents (or jsonl lines)
-    dropped: dict[str, int]  # reason -> documents; with num_documents these add up to num_collected
-    num_documents: int  # documents after cleaning and dedup
+    num_collected: int  # records read this run (documents, jsonl lines, csv/parquet rows)
+    dropped: dict[str, int]  # reason -> records; with num_documents these add up to num_collected
+    num_documents: int  # documents this run added
     num_train_blocks: int
     num_val_blocks: int
     block_size: int
     vocab_size: int  # actual tokenizer size (may be below the configured size on a small corpus)
-    doc_tokens: int  # tokens in all kept documents, one EOS each included
+    doc_tokens: int  # tokens packed (EOS after each document, weighted repeats included)
     tail_tokens: int  # tokens that did not fill a last block (dropped)
     dataset_version: str  # order-free digest of every block + tokenizer + block size
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    stage_counts: list[dict] = field(default_factory=list)  # [{stage, in, out, dropped: {reason: n}}]
+    pii: dict[str, int] = field(default_factory=dict)  # kind -> redactions
+    num_documents_total: int = 0  # documents of every committed run (what the shards hold)
+    runs: list[str] = field(default_factory=list)
 
     def write(self) -> None:
         Path(self.output_dir, "stats.json").write_text(json.dumps(asdict(self), indent=2))
@@ -49,95 +69,352 @@ def load_stats(output_dir: str | Path) -> DataStats:
     return DataStats(**json.loads(path.read_text()))
 
 
-def _clean_batch(batch: pd.DataFrame, form: str, min_chars: int) -> pd.DataFrame:
-    texts = [clean.clean_text(t, form) for t in batch["text"]]
-    reasons = [r or clean.drop_reason(t, min_chars) for r, t in zip(batch["drop_reason"], texts, strict=True)]
-    return pd.DataFrame({"text": texts, "source": batch["source"], "drop_reason": reasons,
-                         "hash": [clean.content_hash(t) for t in texts]})
-
-
-def _first_of_group(group: pd.DataFrame) -> pd.DataFrame:
-    # Deterministic survivor among exact duplicates: the smallest source name.
-    return group.sort_values("source").head(1)
-
-
-def _select_split(batch: dict, split: str) -> dict:
-    return {"input_ids": batch["input_ids"][batch["split"] == split]}
-
-
 def _log(msg: str) -> None:
     print(f"[raygen data] {msg}", flush=True)
 
 
+# -- batch functions (run in Ray tasks) -------------------------------------------------------------------
+def _first_of_group(group: pd.DataFrame) -> pd.DataFrame:
+    # Deterministic survivor among exact duplicates: the smallest doc_id; the rest are booked as duplicates.
+    group = group.sort_values("doc_id")
+    group.iloc[1:, group.columns.get_loc("drop_reason")] = clean.DROP_DUPLICATE
+    return group
+
+
+def _mark_known(group: pd.DataFrame) -> pd.DataFrame:
+    """One raw_hash group of new records plus (maybe) a manifest marker row: known records are booked."""
+    known = (group["drop_reason"] == "__manifest__").any()
+    group = group[group["drop_reason"] != "__manifest__"].copy()
+    if known:
+        group["drop_reason"] = group["drop_reason"].where(group["drop_reason"] != "", DROP_ALREADY_COLLECTED)
+    return group
+
+
+def _as_marker(batch: pd.DataFrame, template: dict) -> pd.DataFrame:
+    out = pd.DataFrame({k: [v] * len(batch) for k, v in template.items()})
+    out["raw_hash"] = batch["raw_hash"].to_numpy()
+    out["drop_reason"] = "__manifest__"
+    return out
+
+
+def _with_bytes(batch: pd.DataFrame) -> pd.DataFrame:
+    return batch.assign(n_bytes=batch["text"].str.len())
+
+
+def _length_hist(batch: dict) -> dict:
+    counts, _ = np.histogram([len(t) for t in batch["text"]], bins=LENGTH_BINS)
+    return {"counts": counts[None, :]}
+
+
+_LABELERS: dict[str, list] = {}  # per worker process: labelers built once, not per batch
+
+
+def _label_and_mix(batch: dict, specs: list[dict], label_filter: dict, label_weights: dict) -> dict:
+    from raygen.data.label import apply_labelers, build_labelers
+
+    key = json.dumps(specs, sort_keys=True)
+    if key not in _LABELERS:
+        _LABELERS[key] = build_labelers(specs)
+    batch = apply_labelers(batch, _LABELERS[key]) if specs else dict(batch)
+    n = len(batch["text"])
+    reasons = np.array(batch["drop_reason"], dtype=object)
+    weight = np.asarray(batch["weight"], dtype=float).copy()
+    for col, allowed in label_filter.items():
+        ok = np.isin(np.asarray(batch[col], dtype=object), np.array(allowed, dtype=object))
+        reasons = np.where((reasons == "") & ~ok, DROP_LABEL_FILTER, reasons)
+    for col, table in label_weights.items():
+        weight *= np.array([table.get(str(v), 1.0) for v in batch[col]], dtype=float)
+    batch["drop_reason"], batch["weight"] = reasons, weight
+    assert len(reasons) == n
+    return batch
+
+
+# -- runs and the manifest -----------------------------------------------------------------------------------
+def _committed(out: Path) -> list[str]:
+    f = out / "runs.json"
+    return json.loads(f.read_text())["runs"] if f.is_file() else []
+
+
+def _commit(out: Path, runs: list[str]) -> None:
+    tmp = out / "runs.json.tmp"
+    tmp.write_text(json.dumps({"runs": runs}, indent=1))
+    os.replace(tmp, out / "runs.json")  # the one atomic step that makes a run count
+
+
+def _remove_debris(out: Path, runs: list[str]) -> None:
+    docs = out / "docs"
+    for run in runs:  # a label import killed between its renames: finish it
+        for suffix in (".labeled", ".old"):
+            if not (docs / run).exists() and (docs / f"{run}{suffix}").is_dir():
+                os.replace(docs / f"{run}{suffix}", docs / run)
+    for sub in ("docs", "manifest", "quarantine"):
+        d = out / sub
+        if d.is_dir():
+            for p in d.iterdir():
+                if p.name not in runs:
+                    shutil.rmtree(p, ignore_errors=True)
+
+
+def _skip_known(collected: ray.data.Dataset, out: Path, runs: list[str]) -> ray.data.Dataset:
+    """Book records whose raw hash an earlier run collected: a groupby on raw_hash over the new records and
+    the manifest's hashes (a distributed anti-join; the manifest never comes to the driver)."""
+    template = {c: ("" if c not in ("doc_id", "offset", "weight") else 0) for c in sources.COLUMNS}
+    template["weight"] = 0.0
+    manifest = ray.data.read_parquet([str(out / "manifest" / r) for r in runs]) \
+        .map_batches(_as_marker, batch_format="pandas", fn_kwargs={"template": template})
+    parts = max(1, min(200, collected.count() // 20_000))
+    return collected.union(manifest).groupby("raw_hash", num_partitions=parts) \
+        .map_groups(_mark_known, batch_format="pandas")
+
+
+# -- the job ------------------------------------------------------------------------------------------------------
+def _count_values(batch: pd.DataFrame, col: str) -> pd.DataFrame:
+    vc = batch[col].astype(str).value_counts()
+    return pd.DataFrame({"value": vc.index.astype(str), "n": vc.to_numpy(dtype=np.int64)})
+
+
+def tally(ds: ray.data.Dataset, col: str) -> dict[str, int]:
+    """value -> rows, counted per batch in the workers and summed here: a few rows per batch reach the
+    driver, and no shuffle runs (a groupby would start a pool of aggregator actors for a handful of keys)."""
+    out: dict[str, int] = {}
+    for b in ds.map_batches(_count_values, batch_format="pandas", fn_kwargs={"col": col}) \
+            .iter_batches(batch_format="pandas", batch_size=None):
+        for v, n in zip(b["value"], b["n"], strict=True):
+            out[v] = out.get(v, 0) + int(n)
+    return out
+
+
+def _reason_counts(ds: ray.data.Dataset) -> dict[str, int]:
+    return tally(ds, "drop_reason")
+
+
+def _stage_table(num_collected: int, dropped: dict[str, int], order: list[str]) -> list[dict]:
+    """[{stage, in, out, dropped}] in pipeline order, from the reasons each stage books."""
+    owner = {**{r: "collect" for r in sources.QUARANTINE}, DROP_ALREADY_COLLECTED: "manifest",
+             **stages.REASON_STAGE, clean.DROP_DUPLICATE: "exact_dedup", "near_duplicate": "near_dedup",
+             DROP_LABEL_FILTER: "label_filter"}
+    rows, remaining = [], num_collected
+    for stage in ["collect", "manifest", *order, "label_filter"]:
+        mine = {r: n for r, n in dropped.items() if owner.get(r) == stage}
+        rows.append({"stage": stage, "in": remaining, "out": remaining - sum(mine.values()), "dropped": mine})
+        remaining -= sum(mine.values())
+    unknown = {r: n for r, n in dropped.items() if r not in owner}
+    if unknown:
+        raise DataError(f"drop reasons without a stage: {unknown}")  # a bug of ours, never silent
+    return rows
+
+
 def prepare_data(cfg: RaygenConfig) -> DataStats:
     t0 = time.time()
-    stages: dict[str, float] = {}
+    d = cfg.data
+    timings: dict[str, float] = {}
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # same input, same shards
-    out = Path(cfg.data.output_dir)
+    out = Path(d.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = _committed(out) if d.incremental else []
+    if not d.incremental:
+        for sub in ("docs", "manifest", "quarantine", "runs.json"):
+            shutil.rmtree(out / sub, ignore_errors=True) if sub != "runs.json" else (out / sub).unlink(True)
+    _remove_debris(out, runs)
+    run = f"run-{len(runs) + 1:04d}"
 
-    _log(f"collect: builtin={cfg.data.builtin} paths={cfg.data.paths or '-'}")
-    collected = sources.collect(cfg.data.builtin, cfg.data.paths, cfg.data.jsonl_text_key)
-
+    srcs = [s.model_dump() for s in d.all_sources()]
+    _log(f"{run}: collect builtin={d.builtin} sources={[s['path'] for s in srcs] or '-'}; stages {d.stages}")
     t = time.time()
-    tagged = collected.map_batches(
-        _clean_batch, batch_format="pandas",
-        fn_kwargs={"form": cfg.data.normalization, "min_chars": cfg.data.min_chars},
-    ).materialize()
-    counts = {r["drop_reason"]: r["count()"] for r in tagged.groupby("drop_reason", num_partitions=1).count().take_all()}
+    collected = sources.collect(srcs, d.builtin)
+    if runs:
+        collected = _skip_known(collected, out, runs)
+    settings = stages.StageSettings(
+        normalization=d.normalization, min_chars=d.min_chars,
+        quality_rules=QualityRules(**{k: tuple(tuple(x) for x in v) if isinstance(v, list) else v
+                                      for k, v in d.quality.items()}),
+        languages=tuple(d.languages), min_language_score=d.min_language_score, pii_kinds=tuple(d.pii_kinds))
+    processed = collected.map_batches(stages.process_batch, batch_format="numpy", batch_size=64,
+                                      fn_kwargs={"stages": d.stages, "settings": settings}).materialize()
+    counts = _reason_counts(processed)
     num_collected = sum(counts.values())
+    pii = {k: int(processed.sum(f"pii_{k}") or 0) for k in d.pii_kinds} if "pii" in d.stages and num_collected \
+        else {}
+    if any(counts.get(r) for r in sources.QUARANTINE):
+        processed.filter(lambda r: r["drop_reason"] in sources.QUARANTINE) \
+            .select_columns(["source", "offset", "drop_reason", "text"]).write_json(str(out / "quarantine" / run))
+    timings["collect+stages"] = time.time() - t
+    _log(f"stages: {num_collected} records → {counts.get('', 0)} pass; "
+         f"dropped {dict(sorted((k, v) for k, v in counts.items() if k))}")
+
+    t = time.time()
+    kept = processed.filter(lambda r: r["drop_reason"] == "")
     dropped = {k: v for k, v in counts.items() if k}
-    if not counts.get("", 0):
-        raise DataError(f"the corpus is empty after cleaning ({num_collected} documents in, dropped {dropped}); "
-                        f"add data or lower data.min_chars (now {cfg.data.min_chars})")
-    kept = tagged.filter(lambda r: r["drop_reason"] == "")
-    # Partitions scale with the data (one per ~2k documents), not Ray's default of 200 reduce tasks.
-    partitions = max(1, min(200, counts[""] // 2000))
-    deduped = kept.groupby("hash", num_partitions=partitions).map_groups(
-        _first_of_group, batch_format="pandas").materialize()
-    num_docs = deduped.count()
-    dropped[clean.DROP_DUPLICATE] = counts[""] - num_docs
-    stages["clean"] = time.time() - t
-    _log(f"clean: {num_collected} collected → {num_docs} kept; dropped {dropped}")
+    if "exact_dedup" in d.stages and counts.get("", 0):
+        parts = max(1, min(200, counts[""] // 2000))  # partitions scale with the data
+        kept = kept.groupby("hash", num_partitions=parts).map_groups(_first_of_group, batch_format="pandas") \
+            .materialize()
+        exact = _reason_counts(kept).get(clean.DROP_DUPLICATE, 0)
+        dropped[clean.DROP_DUPLICATE] = exact
+        kept = kept.filter(lambda r: r["drop_reason"] == "").materialize()
+    if "near_dedup" in d.stages and counts.get("", 0):
+        from raygen.data.dedup import near_dedup
+
+        nd = d.near_dedup
+        kept, _, nstats = near_dedup(kept, shingle_size=nd.shingle, bands=nd.bands, rows=nd.rows,
+                                     threshold=nd.threshold)
+        dropped["near_duplicate"] = nstats.num_dropped
+        kept = kept.materialize()
+    timings["dedup"] = time.time() - t
 
     t = time.time()
-    if out.exists():
-        shutil.rmtree(out)
-    tok_dir = out / "tokenizer"
-    tok = features.train_tokenizer(features.text_stream(deduped), cfg.features.vocab_size, str(tok_dir))
-    stages["tokenizer"] = time.time() - t
-    _log(f"tokenizer: byte-level BPE, {len(tok)} tokens → {tok_dir}")
+    kept = kept.map_batches(_label_and_mix, batch_format="numpy", batch_size=256, fn_kwargs={
+        "specs": [s for s in d.labelers if s.get("kind") != "model"], "label_filter": d.label_filter,
+        "label_weights": d.label_weights})
+    for spec in (s for s in d.labelers if s.get("kind") == "model"):
+        from raygen.data.label import ModelLabeler
+
+        kept = kept.map_batches(ModelLabeler, fn_constructor_kwargs={k: v for k, v in spec.items() if k != "kind"},
+                                batch_format="numpy", batch_size=64, concurrency=spec.get("concurrency", 1))
+    kept = kept.materialize()
+    labeled = _reason_counts(kept)
+    if labeled.get(DROP_LABEL_FILTER):
+        dropped[DROP_LABEL_FILTER] = labeled[DROP_LABEL_FILTER]
+        kept = kept.filter(lambda r: r["drop_reason"] == "").materialize()
+    num_docs = labeled.get("", 0)
+    timings["label"] = time.time() - t
+    if num_docs + sum(dropped.values()) != num_collected:
+        raise DataError(f"accounting broke: {num_docs} kept + {dropped} != {num_collected} collected")  # a bug
+    stage_counts = _stage_table(num_collected, dropped, d.stages)
+
+    docs_dir = out / "docs" / run
+    if num_docs:
+        kept.write_parquet(str(docs_dir))
+    processed.select_columns(["raw_hash"]).write_parquet(str(out / "manifest" / run))
+    all_runs = runs + [run]
+    doc_dirs = [str(out / "docs" / r) for r in all_runs if (out / "docs" / r).is_dir()]
+    if not doc_dirs:
+        raise DataError(f"the corpus is empty after curation ({num_collected} records in, dropped {dropped}); "
+                        f"add data, or relax data.stages / data.quality / data.min_chars (now {d.min_chars})")
+    corpus = ray.data.read_parquet(doc_dirs).materialize()
+    total_docs = corpus.count()
+    _log(f"curated: {num_collected} collected → {num_docs} new documents ({total_docs} in all runs)")
 
     t = time.time()
-    packed = deduped.map_batches(
+    feat = out / "features.tmp"
+    shutil.rmtree(feat, ignore_errors=True)
+    tok_dir = feat / "tokenizer"
+    fc = cfg.features
+    if fc.tokenizer:
+        tok = features.use_tokenizer(fc.tokenizer, str(tok_dir))
+        _log(f"tokenizer: reused {fc.tokenizer}, {len(tok)} tokens")
+    else:
+        sized = corpus.map_batches(_with_bytes, batch_format="pandas")
+        tok = features.train_tokenizer(features.text_stream(sized, max_bytes=fc.tokenizer_sample_mb * 2**20),
+                                       fc.vocab_size, str(tok_dir), fc.chat_template)
+        _log(f"tokenizer: byte-level BPE trained on ≤{fc.tokenizer_sample_mb} MiB, {len(tok)} tokens")
+    timings["tokenizer"] = time.time() - t
+
+    t = time.time()
+    packed = corpus.map_batches(
         features.tokenize_and_pack, batch_format="numpy", batch_size=cfg.features.pack_batch_docs,
         fn_kwargs={"tokenizer_dir": str(tok_dir), "block_size": cfg.features.block_size,
                    "val_fraction": cfg.features.val_fraction},
     ).materialize()
-    split_counts = {r["split"]: r["count()"] for r in packed.groupby("split", num_partitions=1).count().take_all()}
+    split_counts = _reason_counts_by(packed, "split")
     n_train, n_val = split_counts.get("train", 0), split_counts.get("val", 0)
     if n_train == 0 or n_val == 0:
         raise DataError(f"packing gave {n_train} train and {n_val} val blocks of {cfg.features.block_size} "
                         "tokens; add data, lower features.block_size or adjust features.val_fraction")
     for split in ("train", "val"):
-        packed.map_batches(_select_split, batch_format="numpy", fn_kwargs={"split": split}) \
-              .write_parquet(str(out / split))
+        packed.map_batches(features.select_split, batch_format="numpy", fn_kwargs={"split": split}) \
+              .write_parquet(str(feat / split))
     digest = (int(packed.sum("row_hash")) % 2**64).to_bytes(8, "little").hex()
     tok_digest = hashlib.blake2b((tok_dir / "tokenizer.json").read_bytes(), digest_size=4).hexdigest()
-    stages["features"] = time.time() - t
+    timings["features"] = time.time() - t
+
+    for name in ("tokenizer", "train", "val"):  # swap the new features in
+        shutil.rmtree(out / name, ignore_errors=True)
+        os.replace(feat / name, out / name)
+    shutil.rmtree(feat, ignore_errors=True)
 
     stats = DataStats(
         output_dir=str(out), num_collected=num_collected, dropped=dropped, num_documents=num_docs,
         num_train_blocks=n_train, num_val_blocks=n_val, block_size=cfg.features.block_size,
-        vocab_size=len(tok), doc_tokens=int(packed.sum("doc_tokens")),
-        tail_tokens=int(packed.sum("tail_tokens")),
+        vocab_size=len(tok), doc_tokens=int(packed.sum("doc_tokens")), tail_tokens=int(packed.sum("tail_tokens")),
         dataset_version=f"{digest}-{tok_digest}-{cfg.features.block_size}",
-        seconds=round(time.time() - t0, 2), stages={k: round(v, 2) for k, v in stages.items()},
-    )
+        seconds=round(time.time() - t0, 2), stages={k: round(v, 2) for k, v in timings.items()},
+        stage_counts=stage_counts, pii=pii, num_documents_total=total_docs, runs=all_runs)
+    card.write_card(out, stats, corpus, _sum_hist(corpus), LENGTH_BINS, _label_columns(corpus))
     stats.write()
+    _commit(out, all_runs)
     _log(f"features: {stats.doc_tokens} tokens → {n_train} train + {n_val} val blocks of "
          f"{stats.block_size} ({stats.tail_tokens} tail tokens dropped); version {stats.dataset_version}")
-    _log(f"wrote {out} in {stats.seconds:.1f}s")
+    _log(f"wrote {out} (card: {out / 'card.md'}) in {stats.seconds:.1f}s")
     return stats
 
 
-__all__ = ["DataStats", "load_stats", "prepare_data"]
+def export_for_labeling(cfg: RaygenConfig, path: str, sample_size: int, stratify_by: str | None = None,
+                        seed: int = 0) -> int:
+    """A stratified sample of the curated documents as Label Studio tasks (label_studio.py). Ray thins the
+    corpus first by a seeded hash (about 20 candidates per wanted task, strata keep their shares), so only
+    that thin slice reaches the driver. Returns the number of tasks written."""
+    from raygen.data.label_studio import export_label_studio
+
+    out = Path(cfg.data.output_dir)
+    runs = _committed(out)
+    if not runs:
+        raise DataError(f"no curated documents in {out}: run the data stage first")
+    corpus = ray.data.read_parquet([str(out / "docs" / r) for r in runs if (out / "docs" / r).is_dir()])
+    total = corpus.count()
+    keep = min(1.0, 20 * sample_size / max(total, 1))
+    cols = ["doc_id", "text"] + ([stratify_by] if stratify_by else [])
+    if stratify_by and stratify_by not in corpus.schema().names:
+        raise DataError(f"no column {stratify_by!r} to stratify by; columns: {corpus.schema().names}")
+    thin = corpus.select_columns(cols).filter(
+        lambda r: int.from_bytes(hashlib.blake2b(f"{seed}:{r['doc_id']}".encode(), digest_size=4).digest(),
+                                 "little") / 2**32 < keep)
+    return len(export_label_studio(thin.take_all(), path, sample_size, stratify_by, seed))
+
+
+def import_labels(cfg: RaygenConfig, export_path: str, name: str = "human_label", from_name: str | None = "label"
+                  ) -> int:
+    """Annotations from a Label Studio export become column `name` of every committed run's documents
+    (by doc_id; '' where none), rewritten run by run (each swapped in whole). Returns documents labeled."""
+    from raygen.data.label import HumanLabeler
+
+    out = Path(cfg.data.output_dir)
+    labeler = HumanLabeler(export_path, name, from_name)  # parse errors surface here, before any rewrite
+    labeled = 0
+    for run in _committed(out):
+        src = out / "docs" / run
+        if not src.is_dir():
+            continue
+        tmp = out / "docs" / f"{run}.labels-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds = ray.data.read_parquet(str(src)).map_batches(HumanLabeler, fn_constructor_kwargs={
+            "path": export_path, "name": name, "from_name": from_name}, batch_format="numpy", concurrency=1)
+        ds.write_parquet(str(tmp))
+        labeled += ray.data.read_parquet(str(tmp)).filter(lambda r: r[name] != "").count()
+        done, old = out / "docs" / f"{run}.labeled", out / "docs" / f"{run}.old"
+        os.replace(tmp, done)  # from here a kill is finished by the next run's _remove_debris
+        os.replace(src, old)
+        os.replace(done, src)
+        shutil.rmtree(old)
+    _log(f"imported {len(labeler.labels)} annotations from {export_path} as column {name!r}: {labeled} documents")
+    return labeled
+
+
+def _reason_counts_by(ds: ray.data.Dataset, col: str) -> dict:
+    return tally(ds, col)
+
+
+def _sum_hist(ds: ray.data.Dataset) -> np.ndarray:
+    total = np.zeros(len(LENGTH_BINS) - 1, dtype=np.int64)
+    for b in ds.map_batches(_length_hist, batch_format="numpy", batch_size=1024).iter_batches(batch_format="numpy"):
+        total += b["counts"].sum(axis=0)
+    return total
+
+
+def _label_columns(ds: ray.data.Dataset) -> list[str]:
+    names = ds.schema().names
+    skip = set(sources.COLUMNS) | {"hash", "boilerplate_lines", "lang_score"} | {n for n in names if n.startswith("pii_")}
+    return [n for n in names if n not in skip]
+
+
+__all__ = ["DataStats", "export_for_labeling", "import_labels", "load_stats", "prepare_data"]

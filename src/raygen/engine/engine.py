@@ -30,6 +30,7 @@ from raygen.engine.sampling import apply_penalties, sample, top_logprobs
 from raygen.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+MAX_CHUNK_OUTPUTS = 8  # step outputs merged into one streamed chunk at most
 
 
 @dataclass
@@ -344,7 +345,9 @@ class AsyncLLMEngine:
         try:
             while remaining:
                 items = [await queue.get()]
-                while batched and not queue.empty():
+                # Merge what is already there, up to a small chunk: a slow consumer gets fewer, larger
+                # pieces, but text still streams rather than arriving in one lump at the end.
+                while batched and not queue.empty() and len(items) < MAX_CHUNK_OUTPUTS:
                     items.append(queue.get_nowait())
                 for item in items:
                     if isinstance(item, BaseException):

@@ -3,6 +3,10 @@
     HTTP ─► Ingress (auth, OpenAI schema) ──► Gateway (rate limits, response cache: one, shared)
                ├──────► Preprocessor (tokenize, chat template, params, limits, input safety)
                └──────► Postprocessor (format, output safety) ──► LLMServer ×N (engine; token stream)
+
+Pre- and Postprocessor run inside each ingress replica by default (they are light, and every Serve hop
+costs milliseconds of time to first token: measured in benchmarks/serve_bench.py); with
+`serve.split_processing` (or a safety classifier model) they are deployments of their own.
 """
 
 from __future__ import annotations
@@ -56,12 +60,20 @@ def build_graph(cfg: RaygenConfig) -> Application:
     s = cfg.serve
     llm = LLMServer.options(**_llm_options(s)).bind(str(model_dir), s.engine.model_dump(), s.torch_threads)
     safety = s.safety.model_dump()
-    pre = Preprocessor.bind(str(model_dir), s.max_tokens_default, s.max_tokens_limit, s.system_prompt, s.truncation,
-                            safety, s.max_prompt_tokens)
-    post = Postprocessor.bind(llm, str(model_dir), safety)
+    pre_args = dict(model_dir=str(model_dir), max_tokens_default=s.max_tokens_default,
+                    max_tokens_limit=s.max_tokens_limit, system_prompt=s.system_prompt, truncation=s.truncation,
+                    safety=safety, max_prompt_tokens=s.max_prompt_tokens)
+    post_args = dict(model_dir=str(model_dir), safety=safety)
+    if s.split_processing or s.safety.classifier:
+        # Own deployments: scale tokenization and output checks (a classifier model) apart from the HTTP edge.
+        pre, post = Preprocessor.bind(**pre_args), Postprocessor.bind(llm, **post_args)
+    else:
+        # In the ingress process: two Serve hops fewer on every request (benchmarks/serve_bench.py).
+        pre, post = pre_args, post_args
     gateway = Gateway.bind(s.rate_limit.model_dump(), s.cache.model_dump(), version)
-    return Ingress.options(num_replicas=s.ingress_replicas).bind(pre, post, gateway, llm, cfg.registry.name, version, s.max_body_bytes,
-                        s.auth.model_dump(exclude_none=True))
+    return Ingress.options(num_replicas=s.ingress_replicas).bind(
+        pre, post, gateway, llm, cfg.registry.name, version, s.max_body_bytes, s.auth.model_dump(exclude_none=True),
+        s.rate_limit.enabled, s.cache.enabled, s.cache.near_ttl_s)
 
 
 def build_app(args: dict) -> Application:

@@ -11,7 +11,9 @@ the model: auth, per-key rate limits, the response cache, request ids; errors ma
 import asyncio
 import json
 import logging
+import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -22,6 +24,8 @@ from raygen.errors import RequestError, as_request_error
 from raygen.serve import openai_format as fmt
 from raygen.serve.auth import ANONYMOUS, KeyStore
 from raygen.serve.cache import cache_key, cacheable
+from raygen.serve.postprocess import Postprocessor
+from raygen.serve.preprocess import Preprocessor
 from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, Delta, parse_request
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,36 @@ log = logging.getLogger(__name__)
 api = FastAPI(title="raygen", description="OpenAI-compatible completions served by raygen on Ray Serve")
 UI = Path(__file__).with_name("ui") / "index.html"
 ROUTES = {"text": CompletionRequest, "chat": ChatCompletionRequest}
+NEAR_CACHE_ENTRIES = 256
+
+
+class NearCache:
+    """A per-ingress copy of recent response-cache hits, each kept `ttl_s` (short): a hot deterministic
+    request is answered without the round trip to the shared Gateway. The Gateway stays the one source
+    of truth; an entry may outlive an admin invalidation made through another ingress by up to ttl_s
+    (a promotion redeploys the ingress, so versions never mix)."""
+
+    def __init__(self, ttl_s: float, size: int = NEAR_CACHE_ENTRIES):
+        self.ttl_s, self.size = ttl_s, size
+        self._d: OrderedDict[str, tuple[float, dict]] = OrderedDict()
+
+    def get(self, key: str) -> dict | None:
+        hit = self._d.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            self._d.pop(key, None)
+            return None
+        return hit[1]
+
+    def put(self, key: str, value: dict) -> None:
+        if self.ttl_s <= 0:
+            return
+        self._d[key] = (time.monotonic() + self.ttl_s, value)
+        self._d.move_to_end(key)
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        self._d.clear()
 
 
 def _error(exc: RequestError, request_id: str, headers: dict | None = None) -> JSONResponse:
@@ -42,13 +76,59 @@ async def _chain(first: Delta | None, rest):
         yield d
 
 
+class _InProcess:
+    """A Preprocessor or Postprocessor run inside the ingress process, called like its DeploymentHandle:
+    `.method.remote(...)` is awaitable; with `.options(stream=True)` it is an async iterator with
+    `cancel()`. Saves a Serve hop each way (see app.py for when the graph uses it)."""
+
+    def __init__(self, cls, kwargs: dict):
+        self._obj = cls.func_or_class(**kwargs)
+        self._stream = False
+
+    def options(self, stream: bool = False) -> "_InProcess":
+        view = object.__new__(_InProcess)
+        view._obj, view._stream = self._obj, stream
+        return view
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._obj, name)
+        stream = self._stream
+
+        class _Method:
+            @staticmethod
+            def remote(*args, **kwargs):
+                return _LocalStream(fn(*args, **kwargs)) if stream else _awaitable(fn, args, kwargs)
+
+        return _Method
+
+
+async def _awaitable(fn, args, kwargs):
+    return fn(*args, **kwargs)
+
+
+class _LocalStream:
+    def __init__(self, agen):
+        self._agen = agen
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self._agen.__anext__()
+
+    def cancel(self) -> None:
+        asyncio.ensure_future(self._agen.aclose())  # runs the generator's finally: the LLM stream is cancelled
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
     def __init__(self, preprocessor, postprocessor, gateway, llm, model_name: str, version: str, max_body_bytes: int,
-                 auth: dict | None = None):
-        self.pre = preprocessor  # DeploymentHandles
-        self.post = postprocessor
+                 auth: dict | None = None, rate_limited: bool = True, cached: bool = True, near_cache_s: float = 1.0):
+        # DeploymentHandles, or (the default, see app.py) the same classes run in this process.
+        self.pre = preprocessor if not isinstance(preprocessor, dict) else _InProcess(Preprocessor, preprocessor)
+        self.post = postprocessor if not isinstance(postprocessor, dict) else \
+            _InProcess(Postprocessor, {**postprocessor, "llm": llm})
         self.gateway = gateway
         self.llm = llm
         self.model_name = model_name
@@ -56,6 +136,8 @@ class Ingress:
         self.max_body_bytes = max_body_bytes
         auth = auth or {}
         self.keys = KeyStore.load(auth.get("keys"), auth.get("keys_file"))
+        self.rate_limited, self.cached = rate_limited, cached  # off: no Gateway round trip for them
+        self.near = NearCache(near_cache_s)
 
     # -- plain routes -----------------------------------------------------------------------------------
     @api.get("/", response_class=HTMLResponse)
@@ -92,6 +174,7 @@ class Ingress:
                 raise RequestError("this API key is not an admin key", status=403, type="permission_error")
         except RequestError as exc:
             return _error(exc, "admin")
+        self.near.clear()
         return {"invalidated": await self.gateway.invalidate.remote()}
 
     @api.post("/v1/completions")
@@ -101,6 +184,14 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         return await self._serve(request, "chat")
+
+    async def text_stream(self, prompt, params: dict):
+        """For Python code in the cluster (raygen.client.HandleClient, via serve.get_app_handle): text
+        pieces of choice 0. No auth, rate limit or cache: those belong to the HTTP edge."""
+        ids, sp = await self.pre.prepare.remote(CompletionRequest(prompt=prompt, **params))
+        async for d in self.post.options(stream=True).stream.remote(ids, sp):
+            if d.index == 0 and d.text:
+                yield d.text
 
     # -- the pipeline -----------------------------------------------------------------------------------
     async def _serve(self, request: Request, kind: str):
@@ -116,14 +207,19 @@ class Ingress:
                                    status=404, param="model", code="model_not_found")
             self.keys.authorize(key, self.model_name)
             ckey = None
-            if cacheable(body) and "no-cache" not in request.headers.get("cache-control", ""):
+            if self.cached and cacheable(body) and "no-cache" not in request.headers.get("cache-control", ""):
                 ckey = cache_key(self.version, kind, body)
-                hit = await self.gateway.cache_get.remote(ckey)
+                hit = self.near.get(ckey)
+                if hit is None:
+                    hit = await self.gateway.cache_get.remote(ckey)
+                    if hit is not None:
+                        self.near.put(ckey, hit)
                 if hit is not None:
                     return self._from_cache(kind, hit, req, request_id)
             prompt_ids, params = await (self.pre.prepare_chat if kind == "chat" else self.pre.prepare).remote(req)
             reserved = len(prompt_ids) + params.max_tokens * params.n
-            decision = await self.gateway.acquire.remote(key.name if key is not ANONYMOUS else "anonymous", reserved)
+            decision = await self.gateway.acquire.remote(key.name if key is not ANONYMOUS else "anonymous", reserved) \
+                if self.rate_limited else None
             if decision is not None:
                 limit_headers = decision.headers()
                 if not decision.allowed:
@@ -167,6 +263,7 @@ class Ingress:
             self.gateway.settle.remote(account[0], account[1], result["usage"]["total_tokens"])
         if ckey and all(c["finish_reason"] in ("stop", "length") for c in result["choices"]):
             self.gateway.cache_put.remote(ckey, result)
+            self.near.put(ckey, result)
 
     def _from_cache(self, kind: str, hit: dict, req, request_id: str):
         headers = {"x-request-id": request_id, "x-raygen-model-version": self.version, "x-raygen-cache": "hit"}

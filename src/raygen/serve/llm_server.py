@@ -38,9 +38,10 @@ class LLMServer:
             await stream.aclose()
 
     def stats(self) -> dict:
+        """Engine stats of this replica, with its Serve replica id."""
         from dataclasses import asdict
 
-        return asdict(self.engine.stats())
+        return {"replica": serve.get_replica_context().replica_id.unique_id, **asdict(self.engine.stats())}
 
     def record_routing_stats(self) -> dict:
         """What PrefixAwareRouter balances on (Serve polls it every request_routing_stats_period_s)."""

@@ -8,6 +8,7 @@ engine (raygen/engine/detok.py), which must stop generating the moment a stop st
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from ray import serve
@@ -27,7 +28,10 @@ class Postprocessor:
         self.llm = llm  # DeploymentHandle of LLMServer
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.safety = build_safety(safety) if safety else None
-        self.num_blocked = 0
+        self.blocked: Counter[str] = Counter()  # safety rule -> outputs it cut
+
+    def safety_stats(self) -> dict[str, int]:
+        return dict(self.blocked)
 
     def _logprobs(self, out: RequestOutput) -> list[dict]:
         dec = self.tokenizer.decode
@@ -37,25 +41,29 @@ class Postprocessor:
     async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Delta]:
         guards = [self.safety.guard() for _ in range(params.n)] if self.safety and self.safety.active else None
         gen = self.llm.options(stream=True).generate.remote(prompt_ids, params)
-        live = params.n
-        async for chunk in gen:
-            for out in chunk:
-                text, reason = out.text, out.finish_reason
-                if guards:
-                    g = guards[out.index]
-                    if g.violation:
-                        continue  # this choice was already cut
-                    text = g.feed(text) + (g.flush() if reason else "")
-                    if g.violation:
-                        self.num_blocked += 1
-                        log.warning("safety: output of choice %d cut by %s", out.index, g.violation.rule)
-                        reason = "content_filter"
-                lps = self._logprobs(out) if out.logprobs is not None else None
-                if text or reason or lps:
-                    yield Delta(out.index, text, reason, lps, out.num_prompt_tokens, out.num_output_tokens,
-                                out.num_cached_tokens)
-                if reason:
-                    live -= 1
-                    if reason == "content_filter" and live == 0:
-                        gen.cancel()  # frees the engine's blocks for this request
-                        return
+        live, finished = params.n, False
+        try:
+            async for chunk in gen:
+                for out in chunk:
+                    text, reason = out.text, out.finish_reason
+                    if guards:
+                        g = guards[out.index]
+                        if g.violation:
+                            continue  # this choice was already cut
+                        text = g.feed(text) + (g.flush() if reason else "")
+                        if g.violation:
+                            self.blocked[g.violation.rule] += 1
+                            log.warning("safety: output of choice %d cut by %s", out.index, g.violation.rule)
+                            reason = "content_filter"
+                    lps = self._logprobs(out) if out.logprobs is not None else None
+                    if text or reason or lps:
+                        yield Delta(out.index, text, reason, lps, out.num_prompt_tokens, out.num_output_tokens,
+                                    out.num_cached_tokens)
+                    if reason:
+                        live -= 1
+                        if reason == "content_filter" and live == 0:
+                            return  # every choice cut: stop generating (finally)
+            finished = True
+        finally:
+            if not finished:
+                gen.cancel()  # cut, client gone or failure: the engine frees the request's blocks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from ray import serve
@@ -52,10 +53,15 @@ class Preprocessor:
         self.truncation = truncation
         self.max_prompt_tokens = max_prompt_tokens
         self.safety = build_safety(safety) if safety else None
+        self.refused: Counter[str] = Counter()  # safety rule -> prompts it refused
+
+    def safety_stats(self) -> dict[str, int]:
+        return dict(self.refused)
 
     def _check_input(self, text: str) -> None:
         v = self.safety.violation(text, "input") if self.safety else None
         if v:
+            self.refused[v.rule] += 1
             log.warning("safety: input refused by %s", v.rule)
             raise RequestError("the prompt was refused by this server's content policy", param="prompt",
                                code="content_policy_violation")

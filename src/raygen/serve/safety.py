@@ -3,8 +3,10 @@
 Pure Python (the classifier, when configured, is any local Hugging Face sequence classifier).
 
 Streaming: text is released only once no rule could still match across the next chunk. The guard holds
-back the last `hold` characters (the longest blocked phrase minus one, and at least `window` for
-regexes and PII), so a blocked phrase split over two chunks is seen whole before any of it leaves.
+back the last `hold` characters (the longest blocked phrase minus one, and `window` when there are
+regexes), so a blocked phrase split over two chunks is seen whole before any of it leaves. For PII it
+holds back only the text a match could still grow from: the trailing run of characters an email or a
+number can be made of (usually the last word), so plain prose streams with about one token of delay.
 A PII match that reaches into the held tail moves the release point back to its start. Regex matches
 longer than `window` that straddle a release point can be missed; keep patterns shorter than it.
 """
@@ -20,6 +22,15 @@ PII = {  # kind -> pattern; replaced by [kind]
     "card": re.compile(r"\b(?:\d[ -]?){12,18}\d\b"),
     "phone": re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}\b"),
 }
+# Every PII match is one run of these characters, so a match still growing lies in the text's last run.
+_PII_TAILS = (re.compile(r"[A-Za-z0-9._%+@-]*\Z"), re.compile(r"[\d +().-]*\Z"))
+PII_MAX_HOLD = 256  # a run longer than this (no email or number is) is released anyway
+
+
+def pii_tail_start(text: str) -> int:
+    """Where the text a PII match could still grow from begins."""
+    start = min(r.search(text).start() for r in _PII_TAILS)
+    return max(start, len(text) - PII_MAX_HOLD)
 
 
 @dataclass
@@ -43,7 +54,7 @@ class SafetyFilter:
         except re.error as exc:
             raise ValueError(f"safety pattern {exc.pattern!r} is not a valid regex: {exc}") from exc
         longest = max((len(p) for p in self._phrases), default=1)
-        self.hold = max(longest - 1, self.window if (self._regexes or self.redact_pii) else 0)
+        self.hold = max(longest - 1 if self._phrases else 0, self.window if self._regexes else 0)
 
     @property
     def active(self) -> bool:
@@ -108,6 +119,7 @@ class OutputGuard:
             return ""
         cut = len(self.pending) if final else max(0, len(self.pending) - f.hold)
         if f.redact_pii and not final:
+            cut = min(cut, pii_tail_start(self.pending))
             for r in PII.values():
                 for m in r.finditer(self.pending):
                     if m.start() < cut < m.end() or (m.end() == len(self.pending) and m.start() < cut):

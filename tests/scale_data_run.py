@@ -1,0 +1,48 @@
+"""Run by tests/test_data_scale.py in its own process: its own local Ray with a small object store."""
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+import numpy as np
+import ray
+
+def main(home: str, mib: int, store_mib: int):
+    from raygen.config import load_config
+    from raygen.data.pipeline import prepare_data
+    home = Path(home)
+    src = home / "corpus"
+    src.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    words = np.array(["".join(rng.choice(letters, size=rng.integers(2, 9))) for _ in range(5000)])
+    per_file = 2000
+    written, i = 0, 0
+    while written < mib * 2**20:
+        with open(src / f"part-{i:03d}.jsonl", "w") as f:
+            for _ in range(per_file):
+                text = " ".join(words[rng.integers(0, len(words), size=300)])
+                f.write(json.dumps({"text": text}) + "\n")
+                written += len(text) + 12
+        i += 1
+    from raygen.data.features import train_tokenizer
+
+    train_tokenizer([" ".join(words[rng.integers(0, len(words), size=300)]) for _ in range(300)], 512,
+                    str(home / "tok"))
+    cfg = load_config(None, [f"features.tokenizer={home / 'tok'}", f"data.output_dir={home}/data", f"data.paths=[{src}]", "data.builtin=false",
+                             "data.stages=[normalize,exact_dedup]", "data.labelers=[]", "features.vocab_size=512",
+                             "features.block_size=256", "features.pack_batch_docs=256"])
+    ray.init(address="local", num_cpus=2, object_store_memory=store_mib * 2**20, include_dashboard=False)
+    import os
+    if os.environ.get("NO_RESERVE"):
+        ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t = time.time()
+    st = prepare_data(cfg)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ray.shutdown()
+    print(json.dumps({"corpus_bytes": written, "docs": st.num_documents, "collected": st.num_collected,
+                      "driver_growth": peak - before, "driver_peak": peak, "seconds": time.time() - t}))
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
