@@ -1,5 +1,6 @@
 """raygen's data curation against datatrove on one generated corpus with planted duplicates, in one run.
 
+    pip install -e ".[bench]"                   # the peer: datatrove (+ spacy, orjson, xxhash<4)
     python benchmarks/data_bench.py             # a 500 MB corpus (hours on 2 cores)
     python benchmarks/data_bench.py --quick     # a ~5 MB smoke run
 

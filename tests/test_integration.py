@@ -69,6 +69,30 @@ def test_data_accounting_adds_up(trained, tiny_config):
     assert all(d["collected_at"] and d["doc_id"] for d in docs)
 
 
+def test_label_studio_export_then_import_makes_a_label_column(trained, tiny_config, tmp_path):
+    """Before the module's server starts: Ray Data tasks need the CPUs the model replica would hold."""
+    import pyarrow.parquet as pq
+
+    from raygen.data.pipeline import export_for_labeling, import_labels
+
+    tasks_file = tmp_path / "tasks.json"
+    n = export_for_labeling(tiny_config, str(tasks_file), 12, stratify_by="domain", seed=3)
+    tasks = json.loads(tasks_file.read_text())
+    assert n == len(tasks) == 12 and {t["data"]["domain"] for t in tasks} >= {"code"}
+    # What Label Studio's JSON export looks like once someone has annotated the tasks.
+    annotated = [{**t, "annotations": [{"result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                                    "value": {"choices": ["keep" if i % 2 else "drop"]}}],
+                                        "was_cancelled": False, "created_at": "2026-11-28T10:00:00Z"}]}
+                 for i, t in enumerate(tasks)]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(annotated))
+    assert import_labels(tiny_config, str(export), name="review") == 12
+    docs = pq.read_table(f"{tiny_config.data.output_dir}/docs").to_pylist()
+    by_id = {d["doc_id"]: d["review"] for d in docs}
+    assert all(by_id[t["data"]["doc_id"]] == ("keep" if i % 2 else "drop") for i, t in enumerate(tasks))
+    assert sum(1 for v in by_id.values() if v == "") == len(docs) - 12
+
+
 def test_training_loss_fell_and_export_loads_with_plain_transformers(trained, tiny_config):
     _, outcome, version = trained
     m = outcome.metrics
@@ -165,26 +189,3 @@ def test_bad_requests_get_openai_errors(server, body, raw, status, param):
     code, _, err = _post(server, body, raw)
     assert code == status, err
     assert err["error"]["message"] and err["error"]["param"] == param
-
-
-def test_label_studio_export_then_import_makes_a_label_column(trained, tiny_config, tmp_path):
-    import pyarrow.parquet as pq
-
-    from raygen.data.pipeline import export_for_labeling, import_labels
-
-    tasks_file = tmp_path / "tasks.json"
-    n = export_for_labeling(tiny_config, str(tasks_file), 12, stratify_by="domain", seed=3)
-    tasks = json.loads(tasks_file.read_text())
-    assert n == len(tasks) == 12 and {t["data"]["domain"] for t in tasks} >= {"code"}
-    # What Label Studio's JSON export looks like once someone has annotated the tasks.
-    annotated = [{**t, "annotations": [{"result": [{"from_name": "label", "to_name": "text", "type": "choices",
-                                                    "value": {"choices": ["keep" if i % 2 else "drop"]}}],
-                                        "was_cancelled": False, "created_at": "2026-11-28T10:00:00Z"}]}
-                 for i, t in enumerate(tasks)]
-    export = tmp_path / "export.json"
-    export.write_text(json.dumps(annotated))
-    assert import_labels(tiny_config, str(export), name="review") == 12
-    docs = pq.read_table(f"{tiny_config.data.output_dir}/docs").to_pylist()
-    by_id = {d["doc_id"]: d["review"] for d in docs}
-    assert all(by_id[t["data"]["doc_id"]] == ("keep" if i % 2 else "drop") for i, t in enumerate(tasks))
-    assert sum(1 for v in by_id.values() if v == "") == len(docs) - 12

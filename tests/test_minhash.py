@@ -138,3 +138,17 @@ def test_bad_hasher_settings():
         MinHasher(bands=0)
     with pytest.raises(ValueError):
         MinHasher(shingle_size=0)
+
+
+def test_dominating_survivors_drop_only_direct_duplicates_of_kept_documents():
+    from raygen.data.minhash import dominating_survivors
+
+    chain = dominating_survivors([(1, 2), (2, 3)])  # 1~2~3, J(1, 3) below the threshold
+    assert chain == {1: 2, 3: 2}
+    star = dominating_survivors([(10, i) for i in range(11, 20)] + [(11, 12)])
+    assert set(star) == set(range(11, 20)) and set(star.values()) == {10}
+    long = dominating_survivors([(1, 2), (2, 3), (3, 4), (4, 5)])
+    kept = {1, 2, 3, 4, 5} - set(long)
+    edges = {(1, 2), (2, 3), (3, 4), (4, 5)}
+    assert all((min(d, k), max(d, k)) in edges for d, k in long.items())  # each dropped one has a kept neighbour
+    assert not any((a, b) in edges for a in kept for b in kept)  # and no kept pair is a duplicate pair

@@ -26,9 +26,11 @@ J = 0.8, cut lower it lets J = 0.7 pairs through. Exact sets cost one shuffle of
 documents on candidate edges, which are few. Because the LSH curve is set below the threshold (see
 `minhash.py`), banding gives recall and verification gives precision.
 
-Components. Verified edges are merged with union-find; every component keeps its smallest doc_id and
-drops the rest with `duplicate_of` = that survivor. A chain A~B~C collapses to A even when A and C are
-below the threshold themselves: transitivity is the usual (and here documented) price of components.
+Survivors. Verified edges form a graph; a greedy dominating set (`minhash.dominating_survivors`) keeps
+the best-connected documents and drops their neighbours with `duplicate_of` = the kept neighbour, so
+every dropped document is itself within the threshold of a kept one (precision holds on chains: A~B~C
+keeps B; a plain smallest-id-per-component rule would keep A and drop C although J(A, C) < 0.8).
+Components (union-find) are still counted: num_components is the number of duplicate groups.
 
 Pass a materialized dataset (the pipeline's `deduped` is): it is read three times — signatures, text
 routing and the final split. doc_id must be a unique integer column.
@@ -43,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from raygen.data.minhash import EMPTY, MinHasher, connected_components, jaccard, mix64, shingle_hashes
+from raygen.data.minhash import EMPTY, MinHasher, connected_components, dominating_survivors, jaccard, mix64, shingle_hashes
 from raygen.errors import DataError
 
 DROP_NEAR_DUPLICATE = "near_duplicate"
@@ -171,10 +173,13 @@ def _verify_group(batch: pa.Table, shingle_size: int, threshold: float) -> pa.Ta
 def _components(*tables: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     """Union-find over the verified edges: (doc_id, root) for every non-root, sorted by doc_id."""
     t = pa.concat_tables(tables) if tables else _EDGES.empty_table()
-    roots = connected_components(zip(t["src"].to_numpy(), t["dst"].to_numpy(), strict=True))
-    ids = np.array(sorted(x for x, r in roots.items() if x != r), np.int64)
-    labels = pa.table({"doc_id": ids, "root": np.array([roots[x] for x in ids], np.int64)})
-    counts = {"num_verified_pairs": len(t), "num_dropped": len(ids), "num_components": len(roots) - len(ids)}
+    pairs = list(zip(t["src"].to_numpy(), t["dst"].to_numpy(), strict=True))
+    dropped = dominating_survivors(pairs)
+    ids = np.array(sorted(dropped), np.int64)
+    labels = pa.table({"doc_id": ids, "root": np.array([dropped[x] for x in ids], np.int64)})
+    roots = connected_components(pairs)
+    counts = {"num_verified_pairs": len(t), "num_dropped": len(ids),
+              "num_components": len(set(roots.values()))}
     return labels, counts
 
 

@@ -253,7 +253,43 @@ def connected_components(edges: Iterable[tuple[int, int]]) -> dict[int, int]:
     return {x: find(x) for x in parent}
 
 
+def dominating_survivors(edges: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """Which documents of a near-duplicate graph to drop: {dropped: the kept neighbour it duplicates}.
+
+    Greedy dominating set: keep the document with the most not-yet-covered neighbours (ties: smallest
+    id), drop those neighbours, repeat. Every dropped document has a verified edge (Jaccard >= threshold)
+    to a kept one, so nothing is dropped for being a duplicate of a duplicate (a chain A~B~C keeps B, not
+    A, when J(A, C) is below the threshold); a component may keep more than one document for that reason.
+    O(E log V) with a lazy heap: a page copied 10,000 times is one pass."""
+    import heapq
+
+    adj: dict[int, set[int]] = {}
+    for a, b in edges:
+        a, b = int(a), int(b)
+        if a != b:
+            adj.setdefault(a, set()).add(b)
+            adj.setdefault(b, set()).add(a)
+    heap = [(-len(nb), n) for n, nb in adj.items()]
+    heapq.heapify(heap)
+    covered: set[int] = set()
+    dropped: dict[int, int] = {}
+    while heap:
+        neg, n = heapq.heappop(heap)
+        if n in covered:
+            continue
+        gain = sum(1 for m in adj[n] if m not in covered)
+        if gain != -neg:  # stale entry: its neighbours were covered since; re-queue with the true gain
+            heapq.heappush(heap, (-gain, n))
+            continue
+        covered.add(n)  # kept
+        for m in adj[n]:
+            if m not in covered:
+                covered.add(m)
+                dropped[m] = n
+    return dropped
+
+
 __all__ = [
-    "EMPTY", "MinHasher", "collision_probability", "connected_components", "estimate_jaccard", "jaccard",
+    "EMPTY", "MinHasher", "collision_probability", "connected_components", "dominating_survivors", "estimate_jaccard", "jaccard",
     "lsh_threshold", "mix64", "shingle_hashes", "shingle_set",
 ]

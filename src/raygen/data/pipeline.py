@@ -208,7 +208,9 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
     t0 = time.time()
     d = cfg.data
     timings: dict[str, float] = {}
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # same input, same shards
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # same input, same shards
+    ctx.op_resource_reservation_enabled = d.reserve_operator_memory
     out = Path(d.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = _committed(out) if d.incremental else []
