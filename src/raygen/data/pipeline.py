@@ -168,20 +168,29 @@ def _skip_known(collected: ray.data.Dataset, out: Path, runs: list[str]) -> ray.
 
 
 # -- the job ------------------------------------------------------------------------------------------------------
-def _count_values(batch: pd.DataFrame, col: str) -> pd.DataFrame:
+_SUM = "\x00sum:"  # value-column prefix of the per-batch sums in _count_values' output
+
+
+def _count_values(batch: pd.DataFrame, col: str, sums: list[str]) -> pd.DataFrame:
     vc = batch[col].astype(str).value_counts()
-    return pd.DataFrame({"value": vc.index.astype(str), "n": vc.to_numpy(dtype=np.int64)})
+    values = list(vc.index.astype(str)) + [_SUM + c for c in sums]
+    counts = list(vc.to_numpy(dtype=np.int64)) + [int(batch[c].sum()) for c in sums]
+    return pd.DataFrame({"value": values, "n": np.array(counts, dtype=np.int64)})
 
 
-def tally(ds: ray.data.Dataset, col: str) -> dict[str, int]:
+def tally(ds: ray.data.Dataset, col: str, sums: list[str] | None = None):
     """value -> rows, counted per batch in the workers and summed here: a few rows per batch reach the
-    driver, and no shuffle runs (a groupby would start a pool of aggregator actors for a handful of keys)."""
+    driver, and no shuffle runs (a groupby would start a pool of aggregator actors for a handful of keys).
+    With sums, also {column: total} from the same pass: returns (counts, totals)."""
     out: dict[str, int] = {}
-    for b in ds.map_batches(_count_values, batch_format="pandas", fn_kwargs={"col": col}) \
+    for b in ds.map_batches(_count_values, batch_format="pandas", fn_kwargs={"col": col, "sums": sums or []}) \
             .iter_batches(batch_format="pandas", batch_size=None):
         for v, n in zip(b["value"], b["n"], strict=True):
             out[v] = out.get(v, 0) + int(n)
-    return out
+    if sums is None:
+        return out
+    totals = {c: out.pop(_SUM + c, 0) for c in sums}
+    return out, totals
 
 
 def _reason_counts(ds: ray.data.Dataset) -> dict[str, int]:
@@ -233,10 +242,10 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
         languages=tuple(d.languages), min_language_score=d.min_language_score, pii_kinds=tuple(d.pii_kinds))
     processed = collected.map_batches(stages.process_batch, batch_format="numpy", batch_size=64,
                                       fn_kwargs={"stages": d.stages, "settings": settings}).materialize()
-    counts = _reason_counts(processed)
+    sums = [f"pii_{k}" for k in d.pii_kinds] if "pii" in d.stages else []
+    counts, totals = tally(processed, "drop_reason", sums)  # one pass: reasons and PII counts
     num_collected = sum(counts.values())
-    pii = {k: int(processed.sum(f"pii_{k}") or 0) for k in d.pii_kinds} if "pii" in d.stages and num_collected \
-        else {}
+    pii = {k: totals[f"pii_{k}"] for k in d.pii_kinds} if sums else {}
     if any(counts.get(r) for r in sources.QUARANTINE):
         processed.filter(lambda r: r["drop_reason"] in sources.QUARANTINE) \
             .select_columns(["source", "offset", "drop_reason", "text"]).write_json(str(out / "quarantine" / run))
