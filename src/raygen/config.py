@@ -33,9 +33,9 @@ class SourceConfig(_Model):
 
 class NearDedupConfig(_Model):
     shingle: int = Field(5, ge=1, description="Words per shingle.")
-    bands: int = Field(20, ge=1, description="LSH bands; with rows, sets the curve's midpoint ~(1/b)^(1/r) "
-                                             "(20x7: 0.65, below the threshold: see raygen/data/minhash.py).")
-    rows: int = Field(7, ge=1, description="Minhash values per band.")
+    bands: int = Field(24, ge=1, description="LSH bands; with rows, sets the curve's midpoint ~(1/b)^(1/r) "
+                                             "(24x5: 0.53, below the threshold: see raygen/data/minhash.py).")
+    rows: int = Field(5, ge=1, description="Minhash values per band.")
     threshold: float = Field(0.8, gt=0, le=1, description="Candidate pairs below this estimated Jaccard are not "
                                                           "duplicates.")
 

@@ -23,19 +23,22 @@ All permutations are applied at once to a (num_perm, chunk) uint32 buffer and re
 `np.minimum.reduceat`; this step costs ~0.5 ns per (shingle, permutation) on one core.
 
 Speed (one core, 1-5 KB documents, 1024 per batch): ~40 MB/s, ~13k docs/s for signatures and band keys
-with the defaults; about half is shingling (lowercase, split, dictionary, window hashes), half the
-140 permutations. 112 permutations (16 × 7) would be ~12% faster at recall 0.977 at J = 0.8.
+with 140 permutations; about half is shingling (lowercase, split, dictionary, window hashes), half the
+permutations, so the default 120 is ~7% faster than 140.
 
 Bands. The signature is cut into `bands` bands of `rows` values; two documents become a candidate pair
 when any band is equal. A pair with Jaccard J is caught with probability 1 - (1 - J^r)^b, an S-curve
-whose steepest point is near t = (1/b)^(1/r). Defaults b=20, r=7 (num_perm = 140):
+whose steepest point is near t = (1/b)^(1/r). Defaults b=24, r=5 (num_perm = 120):
 
-    t = (1/20)^(1/7) ≈ 0.65
-    P(catch) at J = 0.9: 0.99998   0.8: 0.991   0.7: 0.82   0.6: 0.43   0.5: 0.15   0.3: 0.004
+    t = (1/24)^(1/5) ≈ 0.53
+    P(catch) at J = 0.9: 1 - 5e-10   0.8: 0.99993   0.7: 0.988   0.6: 0.86   0.5: 0.53   0.3: 0.06
 
-The threshold sits *below* the 0.8 we dedup at on purpose: banding is only the recall stage and
-verification (exact Jaccard of the shingle sets, see `dedup.py`) gives the precision. With the curve
-centred on 0.8 (say 14 × 8, t ≈ 0.72) one pair in 13 at J = 0.8 would never even be compared (0.924).
+The threshold sits well *below* the 0.8 we dedup at on purpose: banding is only the recall stage and
+verification (exact Jaccard of the shingle sets, see `dedup.py`) gives the precision, so a false
+candidate costs one exact comparison and never a wrong removal. The curve used to be 20 × 7 (t ≈ 0.65,
+0.991 at J = 0.8): one pair in 110 at the threshold was never compared, which the 50 MB benchmark showed
+as a missed pair that datatrove (no verification, so every chained candidate counts) caught. With the
+curve centred on 0.8 (say 14 × 8, t ≈ 0.72) one pair in 13 at J = 0.8 would never even be compared.
 Without verification, pick a curve centred on the target instead, e.g. 9 × 13 (t ≈ 0.84).
 Each band's key is a 64-bit hash of its r values and its band index, so all bands share one key space.
 """
@@ -60,7 +63,7 @@ _GOLDEN = U64(0x9E3779B97F4A7C15)
 # definition (not of the seed), so shingle sets compare across hashers.
 _CONST = np.random.default_rng(0x5EED5).integers(0, 2**63, size=(3, 64), dtype=np.uint64) * U64(2) + U64(1)
 _SHINGLE_MUL, _BAND_MUL, _BAND_IDX_MUL = _CONST[0], _CONST[1], _CONST[2, 0]
-_CHUNK = 4096  # shingles per permutation pass: (140, 4096) uint32 is ~2 MB, one core's L2 (fastest of 2k..32k)
+_CHUNK = 4096  # shingles per permutation pass: (120, 4096) uint32 is ~2 MB, one core's L2 (fastest of 2k..32k)
 Texts = Sequence[str] | pa.Array | pa.ChunkedArray  # a batch of documents; nulls count as empty
 
 
@@ -174,8 +177,8 @@ def lsh_threshold(bands: int, rows: int) -> float:
 @dataclass(frozen=True)
 class MinHasher:
     shingle_size: int = 5  # words per shingle
-    bands: int = 20  # LSH bands; more bands catch lower Jaccard (and more false candidates)
-    rows: int = 7  # signature values per band; num_perm = bands * rows
+    bands: int = 24  # LSH bands; more bands catch lower Jaccard (and more false candidates)
+    rows: int = 5  # signature values per band; num_perm = bands * rows
     seed: int = 0  # picks the permutations; signatures only compare under the same seed
     _a: np.ndarray = field(init=False, repr=False, compare=False)  # (num_perm, 1) uint32, odd
     _b: np.ndarray = field(init=False, repr=False, compare=False)  # (num_perm, 1) uint32
