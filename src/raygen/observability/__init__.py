@@ -1,0 +1,1 @@
+"""Monitoring: metrics, traces, logs, alert rules."""

@@ -1,0 +1,104 @@
+"""Alert rules without Ray: scrape parsing, signals over two scrapes, rule states, silences, PromQL."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from raygen.errors import ConfigError
+from raygen.observability.alerts import AlertEvaluator, Rule, Window, parse_prometheus_text
+
+SCRAPE = """# HELP ray_raygen_requests_total Requests.
+# TYPE ray_raygen_requests_total counter
+ray_raygen_requests_total{model="demo",route="/v1/completions",status="200"} 90
+ray_raygen_requests_total{model="demo",route="/v1/completions",status="500"} 10
+ray_raygen_ttft_seconds_bucket{le="0.1"} 50
+ray_raygen_ttft_seconds_bucket{le="0.5"} 90
+ray_raygen_ttft_seconds_bucket{le="+Inf"} 100
+ray_raygen_kv_cache_usage_ratio{replica="a"} 0.4
+ray_raygen_kv_cache_usage_ratio{replica="b"} 0.97
+"""
+
+
+def _samples(ok: float, failed: float, buckets=(50, 90, 100)):
+    text = (f'ray_raygen_requests_total{{status="200"}} {ok}\nray_raygen_requests_total{{status="503"}} {failed}\n'
+            f'ray_raygen_ttft_seconds_bucket{{le="0.1"}} {buckets[0]}\nray_raygen_ttft_seconds_bucket{{le="0.5"}} '
+            f'{buckets[1]}\nray_raygen_ttft_seconds_bucket{{le="+Inf"}} {buckets[2]}\n')
+    return parse_prometheus_text(text)
+
+
+def test_parse_and_signals():
+    s = parse_prometheus_text(SCRAPE)
+    assert s[("ray_raygen_requests_total", (("model", "demo"), ("route", "/v1/completions"), ("status", "500")))] == 10
+    w = Window(prev={}, now=s, seconds=60)
+    assert w.delta("ray_raygen_requests_total") == 100
+    assert w.delta("ray_raygen_requests_total", {"status": "5.."}) == 10
+    assert w.gauge("ray_raygen_kv_cache_usage_ratio") == 0.97
+    assert w.quantile(0.5, "ray_raygen_ttft_seconds") == pytest.approx(0.1)
+    assert w.quantile(0.99, "ray_raygen_ttft_seconds") == 0.5  # in the +Inf bucket: its lower bound, as Prometheus
+    assert w.quantile(0.7, "ray_raygen_ttft_seconds") == pytest.approx(0.1 + 0.4 * 0.5)  # linear within (0.1, 0.5]
+    assert w.delta("missing_total") is None
+
+
+def test_counter_reset_counts_from_zero():
+    w = Window(prev=_samples(100, 0), now=_samples(5, 0), seconds=10)  # the process restarted
+    assert w.delta("ray_raygen_requests_total") == 5
+
+
+def test_rule_fires_after_for_resolves_and_is_silenced_on_flaps():
+    rule = Rule.from_dict({"name": "Errors", "expr": "error_rate > 0.05", "for": "20s", "severity": "critical",
+                           "message": "{error_rate:.0%} fail", "silence": "5m"})
+    ev = AlertEvaluator([rule])
+    base = _samples(0, 0)
+    bad = lambda k: Window(prev=_samples(100 * k, 10 * k), now=_samples(100 * (k + 1), 10 * (k + 1)), seconds=10)  # noqa: E731
+    good = Window(prev=base, now=_samples(100, 0), seconds=10)
+    assert ev.step(bad(0), now=0) == []  # pending
+    assert ev.step(bad(1), now=10) == []
+    [n] = ev.step(bad(2), now=20)
+    assert (n.status, n.severity, n.message, n.values) == ("firing", "critical", "9% fail", {"error_rate": 10 / 110})
+    assert ev.step(bad(3), now=30) == [] and ev.firing() == ["Errors"]  # de-duplicated while firing
+    [r] = ev.step(good, now=40)
+    assert r.status == "resolved" and ev.firing() == []
+    for t in (50, 60, 70):  # fires again within the silence: state firing, nobody paged
+        assert ev.step(bad(4), now=t) == []
+    assert ev.firing() == ["Errors"]
+    assert ev.step(good, now=80) == []  # its resolve is not sent either
+    for t in (400, 410):
+        ev.step(bad(5), now=t)
+    assert [n.status for n in ev.step(bad(6), now=420)] == ["firing"]  # after the silence: paged
+
+
+def test_no_data_means_no_alert_and_bad_rules_are_refused():
+    ev = AlertEvaluator([Rule("Kv", "kv_cache_usage > 0.95"), Rule("Nan", "train_loss_nan == 1 or error_rate > 0.5")])
+    assert ev.step(Window({}, {}, 10), now=0) == []
+    [n] = ev.step(Window({}, parse_prometheus_text(SCRAPE), 10), now=1)
+    assert n.rule == "Kv"
+    for bad, message in [("nope > 1", "unknown signal 'nope'"), ("__import__('os')", "Call is not allowed"),
+                         ("error_rate >", "not an expression"), ("error_rate > 'x'", "only numbers")]:
+        with pytest.raises(ConfigError, match=message):
+            Rule("R", bad)
+    with pytest.raises(ConfigError, match="needs name and expr"):
+        Rule.from_dict({"name": "R"})
+    with pytest.raises(ConfigError, match="unique"):
+        AlertEvaluator([Rule("R", "error_rate > 1"), Rule("R", "error_rate > 2")])
+
+
+def test_promql_of_a_rule_uses_each_signals_query():
+    q = Rule("R", "error_rate > 0.05 and ttft_p99_seconds > 2").promql()
+    assert q.startswith('(sum(rate(ray_raygen_requests_total{status=~"5.."}[5m])) / sum(rate(ray_raygen_requests_total[5m])))')
+    assert "and on() (histogram_quantile(0.99" in q
+
+
+def test_default_rules_load_and_the_prometheus_file_is_current():
+    from pathlib import Path
+
+    import yaml
+
+    from raygen.observability.alerts import load_rules, prometheus_rules
+
+    rules = load_rules()
+    assert {r.name for r in rules} >= {"HighErrorRate", "TTFTAboveSLO", "KVCacheSaturated", "ReplicasRestarting",
+                                       "RateLimitSurge", "SafetyBlocksSurge", "TrainingLossNaN", "TrainingDiverging",
+                                       "DataDropRateJump"}
+    checked_in = yaml.safe_load((Path(__file__).parents[1] / "cluster" / "prometheus-rules.yaml").read_text())
+    assert checked_in == prometheus_rules(rules), "regenerate cluster/prometheus-rules.yaml (see its header)"
