@@ -1,4 +1,4 @@
-"""`raygen`: demo, data, train, serve, promote, models. Flags pick a config and override a few knobs."""
+"""`raygen`: demo, data, train, tune, serve, promote, models. Flags pick a config and override a few knobs."""
 
 from __future__ import annotations
 
@@ -126,6 +126,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from raygen.cluster import init_ray
+    from raygen.train.tune import tune_run
+
+    cfg = _config(args)
+    init_ray()
+    out = tune_run(cfg)
+    if out["best"] is not None:
+        print(f"[raygen tune] best trial {out['best']['trial']}: val loss {out['best']['val_loss']:.4f}"
+              + (f" → {cfg.registry.name}/{out['version']}" if out["version"] else ""), flush=True)
+    return 0
+
+
 def cmd_serve(args) -> int:
     from raygen.cluster import init_ray
     from raygen.registry import Registry
@@ -187,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     li.add_argument("--name", default="human_label", help="column to write")
     li.add_argument("--from-name", default="label", help="the Choices tag's name in the labeling config")
     add("train", cmd_train, "train on prepared data and register the model")
+    add("tune", cmd_tune, "hyperparameter search (tune.space in the config); registers the best model")
     add("serve", cmd_serve, "serve a registered model").add_argument("--port", type=int)
     pr = add("promote", cmd_promote, "point an alias (default: production) at a version")
     pr.add_argument("version")

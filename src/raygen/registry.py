@@ -39,8 +39,9 @@ class Registry:
         return {p.name: os.readlink(p) for p in sorted(d.iterdir()) if p.is_symlink()}
 
     def register(self, name: str, model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None,
-                 card: dict) -> str:
-        """Copy a HF model (and tokenizer) in as the next version, write its card, point `latest` at it."""
+                 card: dict, extras: dict[str, bytes | str] | None = None) -> str:
+        """Copy a HF model (and tokenizer) in as the next version, write its card (and extra files such as
+        README.md or a loss-curve PNG), point `latest` at it."""
         src = Path(model_dir)
         if not (src / "config.json").is_file():
             raise RegistryError(f"{src} is not a Hugging Face model directory (config.json missing)")
@@ -56,6 +57,8 @@ class Registry:
                     shutil.copy2(f, tmp / f.name)
         card = {"name": name, "version": version, "registered_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **card}
         (tmp / CARD).write_text(json.dumps(card, indent=2, default=str))
+        for fname, content in (extras or {}).items():
+            (tmp / fname).write_bytes(content.encode() if isinstance(content, str) else content)
         os.replace(tmp, dst)  # a version appears whole or not at all
         self.set_alias(name, "latest", version)
         return version

@@ -1,80 +1,152 @@
-"""Driver side of training: check everything before a worker starts, then run a Ray Train TorchTrainer."""
+"""Driver side of training: check everything before a worker starts, then run a Ray Train TorchTrainer.
+
+A run lives at <storage_path>/<run_name>. Ray Train V2 keeps a snapshot of the run's checkpoints there, so
+running the same name again resumes from its latest checkpoint (`train.resume: false` starts a fresh,
+timestamped run instead); raygen_run.json beside it records the model's shape and the dataset version, so a
+resume with another architecture or vocabulary fails here with a clear message instead of in DeepSpeed's
+load. Worker failures are retried from the latest checkpoint (FailureConfig(max_failures)); the best
+`keep_checkpoints` by val loss are kept, and the latest always.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 
 from raygen.config import RaygenConfig
 from raygen.data.pipeline import DataStats, load_stats
-from raygen.errors import TrainingError
+from raygen.errors import ConfigError, TrainingError
 
 
 @dataclass
 class TrainOutcome:
-    metrics: dict  # rank 0's last report: loss, first_loss, val_loss, val_ppl, step, ...
-    checkpoint_dir: str  # Ray Train checkpoint: deepspeed/ (sharded state) and hf/ (consolidated model)
+    metrics: dict  # rank 0's last report: step, loss, val_loss, val_ppl, tokens_per_s, mfu, ...
+    checkpoint_dir: str  # Ray Train checkpoint: deepspeed/ (sharded state), history.json, hf/ (consolidated)
     hf_dir: str
     tokenizer_dir: str
     data: DataStats
     seconds: float
+    run_name: str = ""
+    history: list[dict] = field(default_factory=list)  # per logged step: loss, lr, grad_norm, ...; evals
+    resumed_from: list[int] = field(default_factory=list)  # the checkpoint step of every resume
+
+    @property
+    def restarts(self) -> int:
+        return len(self.resumed_from)
 
 
 def _check(cfg: RaygenConfig, stats: DataStats) -> None:
-    tc = cfg.train  # model shape checks live in ModelConfig's validator
-    min_train = tc.num_workers * tc.micro_batch_size
-    if stats.num_train_blocks < min_train:
-        raise TrainingError(f"{stats.num_train_blocks} train blocks cannot fill one step of {tc.num_workers} "
+    tc = cfg.train  # batch/ZeRO consistency lives in TrainConfig's validator, shapes in build_hf_config
+    per_step = tc.num_workers * tc.micro_batch_size
+    if stats.num_train_blocks < per_step:
+        raise TrainingError(f"{stats.num_train_blocks} train blocks cannot fill one micro-batch of {tc.num_workers} "
                             f"workers × micro_batch_size {tc.micro_batch_size}; add data or lower them")
     if stats.num_val_blocks < tc.num_workers:
         raise TrainingError(f"{stats.num_val_blocks} val blocks for {tc.num_workers} workers: every worker needs "
                             "one; raise features.val_fraction or add data")
     for split in ("train", "val"):
         if not any(Path(stats.output_dir, split).glob("*.parquet")):
-            raise TrainingError(f"no Parquet shards in {Path(stats.output_dir, split)}: re-run the data stage")
+            raise TrainingError(f"no Parquet shards in {Path(stats.output_dir, split)}: run the data stage first "
+                                "(raygen data, or pipelines/prepare_data.py)")
     tok = Path(stats.output_dir, "tokenizer", "tokenizer.json")
     if not tok.is_file():
         raise TrainingError(f"tokenizer missing at {tok.parent}: re-run the data stage")
 
 
-def train(cfg: RaygenConfig) -> TrainOutcome:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+def _storage(path: str):
+    """(pyarrow filesystem, path in it) for a local path or a URI."""
+    import pyarrow.fs as pafs
+
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), path
+
+
+def _check_run(cfg: RaygenConfig, run_name: str, fingerprint: str, dataset_version: str) -> bool:
+    """Write raygen_run.json for a new run; for an existing one check it can be resumed. True: resuming."""
+    import pyarrow.fs as pafs
+
+    fs, root = _storage(cfg.train.storage_path)
+    run_dir = f"{root.rstrip('/')}/{run_name}"
+    meta_path = f"{run_dir}/raygen_run.json"
+    meta = {"model": json.loads(fingerprint), "dataset_version": dataset_version}
+    if fs.get_file_info(meta_path).type == pafs.FileType.File:
+        with fs.open_input_stream(meta_path) as f:
+            old = json.loads(f.read().decode())
+        if old["model"] != meta["model"]:
+            raise ConfigError(f"train.run_name {run_name!r} exists in {cfg.train.storage_path} with another model "
+                              f"({old['model']} vs now {meta['model']}): resuming it cannot load the checkpoint. "
+                              "Pick a new train.run_name, or set train.resume=false for a fresh run")
+        if old["dataset_version"] != dataset_version:
+            print(f"[raygen train] note: resuming {run_name} on dataset {dataset_version} (it started on "
+                  f"{old['dataset_version']})", flush=True)
+        return True
+    fs.create_dir(run_dir, recursive=True)
+    with fs.open_output_stream(meta_path) as f:
+        f.write(json.dumps(meta, indent=1).encode())
+    return False
+
+
+def prepare(cfg: RaygenConfig):
+    """Everything that can fail before a worker starts: data, tokenizer, shapes, batch arithmetic.
+    Returns (data stats, the transformers config, the loop config the workers get)."""
     from transformers import AutoTokenizer
 
-    from raygen.train.loop import train_loop_per_worker
+    from raygen.train.model import build_hf_config
 
-    t0 = time.time()
     stats = load_stats(cfg.data.output_dir)
     _check(cfg, stats)
     tok_dir = str(Path(stats.output_dir, "tokenizer"))
     tok = AutoTokenizer.from_pretrained(tok_dir)
+    hf = build_hf_config(cfg.model, len(tok), stats.block_size, tok.eos_token_id, tok.pad_token_id)
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.train.num_workers
     loop_config = {
-        "train": cfg.train.model_dump(), "model": cfg.model.model_dump(), "use_gpu": use_gpu,
-        "vocab_size": len(tok), "block_size": stats.block_size,
-        "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
+        "train": cfg.train.model_dump(), "hf_config": hf.to_dict(), "pretrained": cfg.model.pretrained,
+        "use_gpu": use_gpu, "block_size": stats.block_size, "tokenizer_dir": tok_dir,
     }
+    return stats, hf, loop_config
+
+
+def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None = None) -> TrainOutcome:
+    """Train (or resume) cfg.train.run_name; callbacks go to Ray Train (Tune's reporter, for one)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from raygen.train.loop import train_loop_per_worker
+    from raygen.train.model import config_fingerprint, describe
+
+    t0 = time.time()
+    stats, hf_config, loop_config = prepare(cfg)
+    tc = cfg.train
+    run_name = run_name or (tc.run_name if tc.resume else f"{tc.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    resuming = _check_run(cfg, run_name, config_fingerprint(hf_config), stats.dataset_version)
+
     ray.data.DataContext.get_current().enable_progress_bars = False  # rank 0 prints a progress line
     datasets = {split: ray.data.read_parquet(str(Path(stats.output_dir, split))) for split in ("train", "val")}
-    # A fresh run name each time: re-using one means resuming it, which the training issue adds.
-    run_name = f"{cfg.train.run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    use_gpu = loop_config["use_gpu"]
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=cfg.train.storage_path),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_name, storage_path=tc.storage_path, callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min")),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         datasets=datasets,
     )
-    print(f"[raygen train] run {run_name}: {cfg.train.num_workers} workers, ZeRO-{cfg.train.zero_stage}, "
-          f"{cfg.train.max_steps} steps, data {stats.dataset_version}", flush=True)
+    print(f"[raygen train] {'resuming' if resuming else 'run'} {run_name}: {describe(hf_config)}"
+          f"{' from ' + cfg.model.pretrained if cfg.model.pretrained else ''}, {tc.num_workers} workers"
+          f"{' (GPU)' if use_gpu else ''}, ZeRO-{tc.zero_stage}, {tc.max_steps} steps, data {stats.dataset_version}",
+          flush=True)
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; keep the cause, say where to look
@@ -82,5 +154,9 @@ def train(cfg: RaygenConfig) -> TrainOutcome:
     if result.checkpoint is None:
         raise TrainingError(f"training run {run_name} finished without a checkpoint")
     ckpt = result.checkpoint.path
+    if not Path(ckpt, "hf").is_dir():  # remote storage: bring the final checkpoint here
+        ckpt = result.checkpoint.to_directory()
+    meta = json.loads(Path(ckpt, "history.json").read_text())
     return TrainOutcome(metrics=dict(result.metrics), checkpoint_dir=ckpt, hf_dir=str(Path(ckpt, "hf")),
-                        tokenizer_dir=tok_dir, data=stats, seconds=time.time() - t0)
+                        tokenizer_dir=loop_config["tokenizer_dir"], data=stats, seconds=time.time() - t0,
+                        run_name=run_name, history=meta["history"], resumed_from=meta["resumed_from"])

@@ -1,0 +1,274 @@
+"""raygen training (Ray Train, 2 workers, DeepSpeed ZeRO-2) against a plain single-process PyTorch loop, in one run.
+
+    python benchmarks/train_bench.py               # throughput in fp32 and bf16, then a 10-minute budget each (~35 min)
+    python benchmarks/train_bench.py --quick       # a smoke run (few steps, 60 s budget)
+
+Model: GPT-2 architecture, 6 layers, hidden 512, 8 heads (raygen's `gpt2-bench` preset), vocab 8192, context
+256, random init from the same seed in both systems (identical initial weights). Data: raygen's data stage on
+the built-in corpus (CPython's documentation topics), packed into 256-token blocks; both systems read the same
+Parquet shards. Optimizer and schedule the same: AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), peak
+lr 1e-3, 20 warmup steps, cosine to 10%, clipping at 1.0, global batch 16 sequences (4,096 tokens) per step.
+
+Systems, each in its own subprocess so neither sees the other's threads or memory:
+  raygen  `raygen.train.trainer.train`: TorchTrainer, 2 workers × 1 torch thread, ZeRO-2 (gloo), micro-batch 8,
+          data streamed through Ray Data; tokens/s from the loop's own progress lines (after step 5).
+  plain   nanoGPT-style: one process, torch threads = all cores, the shards loaded into one tensor and batches
+          of 16 drawn at random, the same model class and optimizer; tokens/s after step 5.
+
+Phase 1, throughput: --steps steps per system per precision (fp32; bf16 autocast over fp32 master weights).
+MFU = tokens/s × model FLOPs per token (raygen.train.flops: 6N + 12·L·H·T) ÷ a matmul peak measured here with
+all cores in the same dtype (2048² GEMM). Target: raygen ≥ 0.85× plain tokens/s.
+Phase 2, a fixed budget (--budget-s, default 600 s): each system runs at its faster precision for as many steps
+as its phase-1 throughput allows in the budget (the cosine schedule needs the step count up front, as in nanoGPT),
+then its val loss on the whole val split is compared. Wall time includes raygen's start-up (Ray Train workers,
+DeepSpeed init), so raygen pays for its machinery. Results go to benchmarks/results/train/ (JSON, Markdown, PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "train"
+SEQS, MICRO, BLOCK, VOCAB = 16, 8, 256, 8192
+HP = {"lr": 1e-3, "warmup_steps": 20, "min_lr_ratio": 0.1, "weight_decay": 0.1, "grad_clip": 1.0, "seed": 0}
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def _overrides(data_dir: str, work: Path) -> list[str]:
+    return [f"data.output_dir={data_dir}", "data.builtin=true", f"features.vocab_size={VOCAB}",
+            f"features.block_size={BLOCK}", "features.val_fraction=0.05", "model.preset=gpt2-bench",
+            f"train.storage_path={work / 'runs'}", f"registry.root={work / 'models'}"]
+
+
+# -- workers ---------------------------------------------------------------------------------------------------------
+def worker_prepare(a) -> dict:
+    import ray
+
+    from raygen.config import load_config
+    from raygen.data.pipeline import prepare_data
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    st = prepare_data(load_config(None, _overrides(a.data, Path(a.work))))
+    ray.shutdown()
+    return {"train_blocks": st.num_train_blocks, "val_blocks": st.num_val_blocks, "version": st.dataset_version}
+
+
+def worker_raygen(a) -> dict:
+    import ray
+
+    from raygen.config import load_config
+    from raygen.train.trainer import train
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    cfg = load_config(None, _overrides(a.data, Path(a.work)) + [
+        f"train.run_name=bench-{a.precision}-{a.steps}", "train.resume=false", "train.num_workers=2",
+        "train.cpus_per_worker=0.5", "train.torch_threads=1", "train.zero_stage=2", f"train.precision={a.precision}",
+        f"train.micro_batch_size={MICRO}", f"train.global_batch_size={SEQS}", f"train.max_steps={a.steps}",
+        "train.log_every=1", f"train.eval_every={a.steps}"] + [f"train.{k}={v}" for k, v in HP.items()])
+    t0 = time.time()
+    out = train(cfg)
+    wall = time.time() - t0
+    ray.shutdown()
+    h = [x for x in out.history if "tokens_per_s" in x and x["step"] > 5]
+    tok_s = sum(x["tokens_per_s"] for x in h) / len(h) if h else out.metrics["tokens_per_s"]
+    return {"tokens_per_s": tok_s, "val_loss": out.metrics["val_loss"], "wall": wall, "steps": a.steps,
+            "loss_curve": [(x["step"], x["loss"]) for x in out.history if "loss" in x]}
+
+
+def worker_plain(a) -> dict:
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raygen.config import load_config
+    from raygen.train.model import build_hf_config
+    from raygen.train.schedule import lr_factor
+
+    t0 = time.time()
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = load_config(None, _overrides(a.data, Path(a.work)))
+    tok = AutoTokenizer.from_pretrained(Path(a.data, "tokenizer"))
+    torch.manual_seed(HP["seed"])  # the same initial weights as raygen's workers
+    model = AutoModelForCausalLM.from_config(build_hf_config(cfg.model, len(tok), BLOCK, tok.eos_token_id,
+                                                             tok.pad_token_id))
+    train = torch.tensor(pq.read_table(Path(a.data, "train")).column("input_ids").to_pylist())  # (N, T)
+    val = torch.tensor(pq.read_table(Path(a.data, "val")).column("input_ids").to_pylist())
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": HP["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=HP["lr"], betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, HP["warmup_steps"], a.steps,
+                                                                       HP["min_lr_ratio"]))
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.precision == "bf16" else torch.enable_grad
+    gen = torch.Generator().manual_seed(HP["seed"])
+    curve, rates, last = [], [], time.time()
+    model.train()
+    for step in range(1, a.steps + 1):
+        ids = train[torch.randint(len(train), (SEQS,), generator=gen)]
+        with ctx():
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), HP["grad_clip"])
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        now = time.time()
+        curve.append((step, loss.item()))
+        if step > 5:
+            rates.append(SEQS * BLOCK / (now - last))
+        last = now
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(val), MICRO):
+            ids = val[i:i + MICRO]
+            with (torch.autocast("cpu", dtype=torch.bfloat16) if a.precision == "bf16" else torch.no_grad()):
+                total += model(input_ids=ids, labels=ids).loss.item() * ids.numel()
+            n += ids.numel()
+    return {"tokens_per_s": sum(rates) / len(rates) if rates else float("nan"), "val_loss": total / n,
+            "wall": time.time() - t0, "steps": a.steps, "loss_curve": curve}
+
+
+# -- driver ----------------------------------------------------------------------------------------------------------
+def spawn(kind: str, args, tmp: Path, **kw) -> dict:
+    result = tmp / f"{kind}-{kw.get('precision', '')}-{kw.get('steps', '')}.json"
+    cmd = [sys.executable, __file__, "--worker", kind, "--data", str(tmp / "data"), "--work", str(tmp),
+           "--result", str(result), *[x for k, v in kw.items() for x in (f"--{k}", str(v))]]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    t = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode or not result.is_file():
+        raise SystemExit(f"{kind} {kw} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("[raygen train]") and ("params" in line or "val loss" in line):
+            print("    " + line[:170], flush=True)
+    res = json.loads(result.read_text())
+    _log(f"{kind} {kw}: {res['tokens_per_s']:.0f} tok/s, val loss {res['val_loss']:.4f}, {time.time() - t:.0f}s")
+    return res
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels, vals = [], []
+    for prec in ("fp32", "bf16"):
+        for system in ("raygen", "plain"):
+            labels.append(f"{system} {prec}")
+            vals.append(results["throughput"][prec][system]["tokens_per_s"])
+    ax1.barh(labels, vals, color=["tab:blue", "tab:gray"] * 2)
+    ax1.set_xlabel("tokens/s (higher is better)")
+    ax1.set_title("training throughput, same model and global batch")
+    for system, color in (("raygen", "tab:blue"), ("plain", "tab:gray")):
+        r = results["budget"][system]
+        ax2.plot(*zip(*r["loss_curve"], strict=True), color=color, lw=1,
+                 label=f"{system} ({r['precision']}, {r['steps']} steps, val {r['val_loss']:.3f})")
+    ax2.set_xlabel("optimizer step")
+    ax2.set_ylabel("train loss")
+    ax2.set_title(f"{results['budget_s']:.0f} s budget")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=25, help="phase-1 steps per system and precision")
+    ap.add_argument("--budget-s", type=float, default=600, help="phase-2 training budget per system (seconds)")
+    ap.add_argument("--quick", action="store_true", help="8 steps, 60 s budget: a smoke run")
+    for flag in ("--worker", "--data", "--work", "--result", "--precision"):
+        ap.add_argument(flag, help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", default=None, help="where data and runs go (default: the system's temp)")
+    args = ap.parse_args()
+    if args.worker:
+        res = {"prepare": worker_prepare, "raygen": worker_raygen, "plain": worker_plain}[args.worker](args)
+        Path(args.result).write_text(json.dumps(res))
+        return
+    if args.quick:
+        args.steps, args.budget_s = 8, 60
+    import torch
+
+    from raygen.train.flops import flops_per_token, measure_matmul_peak
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    peaks = {"fp32": measure_matmul_peak(torch.float32, "cpu"), "bf16": measure_matmul_peak(torch.bfloat16, "cpu")}
+    _log(f"measured matmul peak, {os.cpu_count()} threads: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
+         f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.tmp, prefix="train_bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        _log("data stage (built-in corpus, vocab 8192, 256-token blocks)")
+        data = spawn("prepare", args, tmp)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from raygen.config import load_config
+        from raygen.train.model import build_hf_config
+
+        tok = AutoTokenizer.from_pretrained(tmp / "data" / "tokenizer")
+        mc = load_config(None, ["model.preset=gpt2-bench"]).model
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(build_hf_config(mc, len(tok), BLOCK, 0, 1))
+        fpt = flops_per_token(model, BLOCK)
+        results = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "peaks": peaks, "flops_per_token": fpt,
+                   "params": sum(p.numel() for p in model.parameters()), "data": data, "steps": args.steps,
+                   "budget_s": args.budget_s, "throughput": {}, "budget": {}}
+        for prec in ("fp32", "bf16"):
+            results["throughput"][prec] = {}
+            for system in ("raygen", "plain"):
+                r = spawn(system, args, tmp, precision=prec, steps=args.steps)
+                r["mfu"] = r["tokens_per_s"] * fpt / peaks[prec]
+                results["throughput"][prec][system] = r
+        for system in ("raygen", "plain"):
+            prec = max(("fp32", "bf16"), key=lambda p: results["throughput"][p][system]["tokens_per_s"])
+            rate = results["throughput"][prec][system]["tokens_per_s"]
+            steps = max(10, int(args.budget_s * rate / (SEQS * BLOCK)))
+            r = spawn(system, args, tmp, precision=prec, steps=steps)
+            results["budget"][system] = r | {"precision": prec}
+    report(results)
+
+
+def report(results: dict) -> None:
+    tp, b = results["throughput"], results["budget"]
+    lines = [f"### Training benchmark ({results['date']}, {results['cpus']} CPUs; GPT-2 6L×512, "
+             f"{results['params'] / 1e6:.1f}M params, {results['flops_per_token'] / 1e6:.0f} MFLOP/token; "
+             f"{results['data']['train_blocks']} train / {results['data']['val_blocks']} val blocks of 256 tokens)", "",
+             f"Measured matmul peak (all cores): fp32 {results['peaks']['fp32'] / 1e9:.1f} GFLOP/s, bf16 "
+             f"{results['peaks']['bf16'] / 1e9:.1f} GFLOP/s", "",
+             "| precision | raygen tok/s (MFU) | plain tok/s (MFU) | raygen / plain |", "|---|---|---|---|"]
+    for prec in ("fp32", "bf16"):
+        r, p = tp[prec]["raygen"], tp[prec]["plain"]
+        lines.append(f"| {prec} | {r['tokens_per_s']:.0f} ({100 * r['mfu']:.1f}%) | {p['tokens_per_s']:.0f} "
+                     f"({100 * p['mfu']:.1f}%) | **{r['tokens_per_s'] / p['tokens_per_s']:.2f}×** |")
+    lines += ["", f"Throughput target: raygen ≥ 0.85× plain ({results['steps']} steps each, tokens/s after step 5).", "",
+              f"Fixed budget of {results['budget_s']:.0f} s of training steps:", "",
+              "| system | precision | steps | wall s (incl. start-up) | val loss |", "|---|---|---|---|---|"]
+    for system in ("raygen", "plain"):
+        r = b[system]
+        lines.append(f"| {system} | {r['precision']} | {r['steps']} | {r['wall']:.0f} | {r['val_loss']:.4f} |")
+    diff = b["raygen"]["val_loss"] - b["plain"]["val_loss"]
+    lines.append(f"\nval loss raygen − plain: {diff:+.4f} (target ≤ 0: same or better)")
+    text = "\n".join(lines)
+    print("\n" + text)
+    (OUT / "train_bench.md").write_text(text + "\n")
+    (OUT / "train_bench.json").write_text(json.dumps(results, indent=1))
+    plot(results, OUT / "train_bench.png")
+    print(f"plot: {OUT / 'train_bench.png'}")
+
+
+if __name__ == "__main__":
+    main()
