@@ -102,3 +102,45 @@ def test_default_rules_load_and_the_prometheus_file_is_current():
                                        "DataDropRateJump"}
     checked_in = yaml.safe_load((Path(__file__).parents[1] / "cluster" / "prometheus-rules.yaml").read_text())
     assert checked_in == prometheus_rules(rules), "regenerate cluster/prometheus-rules.yaml (see its header)"
+
+
+def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded():
+    from raygen.observability.alerts import SIGNALS
+    from raygen.observability.metrics import METRICS, record, scraped_name
+
+    for name, d in METRICS.items():
+        assert name.startswith("raygen_") and name == name.lower()
+        if d.kind == "counter":
+            assert name.endswith("_total"), name
+        if "latency" in name or "time" in name or name.endswith("ttft_seconds"):
+            assert name.endswith("_seconds") and d.kind == "histogram", name
+        assert not {"key", "api_key", "prompt", "user", "user_id", "text"} & set(d.labels), name
+    # Every metric a signal reads is defined, under its scraped name.
+    scraped = {scraped_name(n) for n in METRICS} | {scraped_name(n) + "_bucket" for n, d in METRICS.items()
+                                                    if d.kind == "histogram"}
+    import re
+
+    for s in SIGNALS.values():
+        for metric in re.findall(r"ray_raygen_[a-z_]+", s.promql):
+            assert metric in scraped, metric
+    with pytest.raises(ValueError, match="takes labels"):
+        record("raygen_requests_total", model="m", status="200")  # route missing
+    record("raygen_requests_total", model="m", route="/v1/completions", status="200")  # no Ray here: a no-op
+
+
+def test_grafana_dashboard_is_current_and_reads_defined_metrics():
+    import json
+    import re
+    from pathlib import Path
+
+    from raygen.observability.dashboard import grafana_dashboard
+    from raygen.observability.metrics import METRICS, scraped_name
+
+    board = grafana_dashboard()
+    checked_in = json.loads((Path(__file__).parents[1] / "cluster" / "grafana-dashboard.json").read_text())
+    assert checked_in == board, "regenerate cluster/grafana-dashboard.json (see raygen/observability/dashboard.py)"
+    known = {scraped_name(n) + suffix for n in METRICS for suffix in ("", "_bucket")}
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert len(board["panels"]) >= 12
+    for metric in {m for e in exprs for m in re.findall(r"ray_raygen_[a-z_]+", e)}:
+        assert metric in known, metric

@@ -343,3 +343,4 @@ def prometheus_rules(rules: list[Rule], group: str = "raygen") -> dict:
     return {"groups": [{"name": group, "rules": [
         {"alert": r.name, "expr": r.promql(), "for": f"{int(r.for_s)}s", "labels": {"severity": r.severity},
          "annotations": {"summary": prom_message(r)}} for r in rules]}]}
+

@@ -168,7 +168,7 @@ def tune_run(cfg: RaygenConfig) -> dict:
     from raygen.train.trainer import prepare
 
     ts, tc = cfg.tune, cfg.train
-    search = "grid" if ts.search == "grid" else ts.search
+    search = ts.search
     parsed = parse_space(ts.space, search)
     check_values(cfg, parsed)
     prepare(cfg)  # data, tokenizer, shapes of the base config: before any trial starts
