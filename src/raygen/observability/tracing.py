@@ -1,0 +1,91 @@
+"""OpenTelemetry tracing for raygen's processes: one tracer provider per process, the exporter chosen in the
+config, and W3C trace context carried across Serve handle calls as a plain dict argument (`inject()` on the
+caller, `extract()` in the callee), so one request is one trace across the ingress, the model replica and
+back. No Ray in here.
+
+Exporters: "none" (spans are still created, so trace ids reach headers and logs, but nothing is exported),
+"console" (JSON lines on stdout: the Ray worker log), "otlp" (OTLP over HTTP; needs
+`pip install opentelemetry-exporter-otlp-proto-http`), "memory" (kept in the process; `finished_spans()`
+reads them: tests).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from raygen.errors import ConfigError
+
+EXPORTERS = ("none", "console", "otlp", "memory")
+_lock = threading.Lock()
+_state: dict = {"exporter": None, "memory": None, "provider": None}
+
+
+def setup(exporter: str = "none", service: str = "raygen", otlp_endpoint: str | None = None) -> None:
+    """Install this process's tracer provider (idempotent: the first call wins, later ones must agree)."""
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"tracing exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
+    with _lock:
+        if _state["provider"] is not None:
+            return
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        if exporter == "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif exporter == "memory":
+            _state["memory"] = InMemorySpanExporter()
+            provider.add_span_processor(SimpleSpanProcessor(_state["memory"]))
+        elif exporter == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError as exc:
+                raise ConfigError("tracing exporter otlp needs `pip install opentelemetry-exporter-otlp-proto-http`"
+                                  ) from exc
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+        trace.set_tracer_provider(provider)
+        _state.update(exporter=exporter, provider=provider)
+
+
+def tracer(name: str = "raygen"):
+    return trace.get_tracer(name)
+
+
+def inject() -> dict[str, str]:
+    """The current trace context as W3C headers ({"traceparent": ...}): pass it across a handle call."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract(carrier: dict[str, str] | None):
+    """A context to start child spans in (`tracer().start_as_current_span(..., context=extract(c))`)."""
+    return propagate.extract(carrier or {})
+
+
+def attach(carrier: dict[str, str] | None):
+    """Make the carrier's context current; returns a token for `context.detach`."""
+    return context.attach(extract(carrier))
+
+
+def current_trace_id() -> str | None:
+    """The 32-hex trace id of the current span, or None outside a sampled span."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def finished_spans() -> list[dict]:
+    """Spans the memory exporter holds in this process: name, ids, parent, times (ns), attributes."""
+    mem = _state["memory"]
+    if mem is None:
+        return []
+    out = []
+    for s in mem.get_finished_spans():
+        out.append({"name": s.name, "trace_id": format(s.context.trace_id, "032x"),
+                    "span_id": format(s.context.span_id, "016x"),
+                    "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
+                    "start_ns": s.start_time, "end_ns": s.end_time, "attributes": dict(s.attributes or {})})
+    return out
