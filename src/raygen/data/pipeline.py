@@ -353,11 +353,22 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
         stage_counts=stage_counts, pii=pii, num_documents_total=total_docs, runs=all_runs)
     card.write_card(out, stats, corpus, _sum_hist(corpus), LENGTH_BINS, _label_columns(corpus))
     stats.write()
+    _record_metrics(stats)
     _commit(out, all_runs)
     _log(f"features: {stats.doc_tokens} tokens → {n_train} train + {n_val} val blocks of "
          f"{stats.block_size} ({stats.tail_tokens} tail tokens dropped); version {stats.dataset_version}")
     _log(f"wrote {out} (card: {out / 'card.md'}) in {stats.seconds:.1f}s")
     return stats
+
+
+def _record_metrics(stats: DataStats) -> None:
+    """Documents read and kept, and drops by reason, to Ray's metrics (the data-drop alert)."""
+    from raygen.observability.metrics import record
+
+    record("raygen_data_documents_total", stats.num_collected, outcome="read")
+    record("raygen_data_documents_total", stats.num_documents, outcome="kept")
+    for reason, n in stats.dropped.items():
+        record("raygen_data_dropped_total", n, reason=reason)
 
 
 def export_for_labeling(cfg: RaygenConfig, path: str, sample_size: int, stratify_by: str | None = None,

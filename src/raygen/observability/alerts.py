@@ -147,9 +147,9 @@ SIGNALS: dict[str, Signal] = {
         lambda w: _ratio(w.gauge("ray_raygen_train_loss"), w.gauge("ray_raygen_train_loss_min", min)),
         "training loss over its best so far (diverging when well above 1)"),
     "data_drop_ratio": Signal(
-        'sum(rate(ray_raygen_data_documents_total{outcome="dropped"}[1h])) / sum(rate(ray_raygen_data_documents_total[1h]))',
-        lambda w: _ratio(w.delta("ray_raygen_data_documents_total", {"outcome": "dropped"}) or 0.0,
-                         w.delta("ray_raygen_data_documents_total")),
+        'sum(increase(ray_raygen_data_dropped_total[1h])) / sum(increase(ray_raygen_data_documents_total{outcome="read"}[1h]))',
+        lambda w: _ratio(w.delta("ray_raygen_data_dropped_total") or 0.0,
+                         w.delta("ray_raygen_data_documents_total", {"outcome": "read"})),
         "share of input documents dropped by the data stages"),
 }
 

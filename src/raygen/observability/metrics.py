@@ -62,8 +62,7 @@ _DEFS = [
     MetricDef("raygen_train_tokens_per_second", "gauge", "Training throughput, all workers.", ("run",)),
     MetricDef("raygen_train_mfu_ratio", "gauge", "Model FLOPs utilization against the measured peak.", ("run",)),
     # data
-    MetricDef("raygen_data_documents_total", "counter", "Documents by stage outcome (kept, dropped).",
-              ("stage", "outcome")),
+    MetricDef("raygen_data_documents_total", "counter", "Documents read by the data stage, and kept.", ("outcome",)),
     MetricDef("raygen_data_dropped_total", "counter", "Documents dropped, by reason.", ("reason",)),
 ]
 METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}

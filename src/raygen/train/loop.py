@@ -84,6 +84,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from raygen.config import TrainConfig
+    from raygen.observability.metrics import record
     from raygen.train.flops import flops_per_token, measure_matmul_peak
     from raygen.train.model import num_params
     from raygen.train.schedule import lr_factor
@@ -241,7 +242,12 @@ def train_loop_per_worker(config: dict) -> None:
                        "tokens_per_s": tok_s, "mfu": tok_s * fpt / peak, "precision": precision,
                        "restarts": len(resumed_from)}
             history.append({k: metrics[k] for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu")})
-            if rank == 0:
+            if rank == 0:  # also to Ray's metrics (Prometheus endpoint, dashboard) between the Train reports
+                run = ctx.get_experiment_name()
+                record("raygen_train_loss", loss_value, run=run)
+                record("raygen_train_loss_min", min(h["loss"] for h in history if "loss" in h), run=run)
+                record("raygen_train_tokens_per_second", tok_s, run=run)
+                record("raygen_train_mfu_ratio", metrics["mfu"], run=run)
                 eta = (tc.max_steps - step) * tokens_per_step / max(tok_s, 1e-9)
                 _say(f"step {step}/{tc.max_steps} loss {loss_value:.4f} lr {metrics['lr']:.2e} "
                      f"gnorm {grad_norm:.3f} {tok_s:,.0f} tok/s MFU {100 * metrics['mfu']:.1f}% eta {eta:.0f}s")
