@@ -101,7 +101,7 @@ def test_default_rules_load_and_the_prometheus_file_is_current():
                                        "RateLimitSurge", "SafetyBlocksSurge", "TrainingLossNaN", "TrainingDiverging",
                                        "DataDropRateJump"}
     checked_in = yaml.safe_load((Path(__file__).parents[1] / "cluster" / "prometheus-rules.yaml").read_text())
-    assert checked_in == prometheus_rules(rules), "regenerate cluster/prometheus-rules.yaml (see its header)"
+    assert checked_in == prometheus_rules(rules), "regenerate: python -m raygen.observability.export"
 
 
 def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded():
@@ -138,7 +138,7 @@ def test_grafana_dashboard_is_current_and_reads_defined_metrics():
 
     board = grafana_dashboard()
     checked_in = json.loads((Path(__file__).parents[1] / "cluster" / "grafana-dashboard.json").read_text())
-    assert checked_in == board, "regenerate cluster/grafana-dashboard.json (see raygen/observability/dashboard.py)"
+    assert checked_in == board, "regenerate: python -m raygen.observability.export"
     known = {scraped_name(n) + suffix for n in METRICS for suffix in ("", "_bucket")}
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
     assert len(board["panels"]) >= 12

@@ -1,6 +1,5 @@
 """The Grafana dashboard of cluster/grafana-dashboard.json: the key panels over raygen's metrics (as scraped
-from Ray's Prometheus endpoint). Regenerate with
-`python -c "import json; from raygen.observability.dashboard import grafana_dashboard as g; print(json.dumps(g(), indent=1))"`."""
+from Ray's Prometheus endpoint). Regenerate the file with `python -m raygen.observability.export`."""
 
 from __future__ import annotations
 
