@@ -305,6 +305,25 @@ class ServeConfig(_Model):
                                                                       "llm_replicas).")
 
 
+class AlertSettings(_Model):
+    enabled: bool = Field(False, description="Run the alert evaluator actor (raygen/observability/alert_actor.py).")
+    rules_file: str | None = Field(None, description="YAML list of rules; unset: raygen's default rules.")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that get firing/resolved JSON POSTs.")
+    metrics_urls: list[str] = Field(default_factory=list, description="Prometheus endpoints to scrape; empty: "
+                                                                      "Ray's endpoint on every node.")
+    interval_s: float = Field(15, gt=0, description="Seconds between evaluations.")
+    retries: int = Field(3, ge=0, description="Webhook retries (exponential backoff) before giving up.")
+
+
+class ObservabilitySettings(_Model):
+    tracing: Literal["none", "console", "otlp", "memory"] = Field(
+        "none", description="Span exporter (otlp needs opentelemetry-exporter-otlp-proto-http).")
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset: the exporter's default.")
+    json_logs: bool = Field(True, description="raygen's loggers write JSON lines with request and trace ids.")
+    log_text: bool = Field(False, description="Privacy flag: put prompt and completion text in access logs.")
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+
 class RaygenConfig(_Model):
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
@@ -312,6 +331,7 @@ class RaygenConfig(_Model):
     train: TrainConfig = Field(default_factory=TrainConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tune: TuneSettings = Field(default_factory=TuneSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def resolved(self) -> RaygenConfig:
