@@ -82,8 +82,10 @@ def test_killed_worker_resumes_from_its_checkpoint_with_a_continuous_curve(train
 
     def killer():
         deadline = time.time() + 300
-        while time.time() < deadline and not _checkpoints(run_dir):
-            time.sleep(0.1)  # kill soon after the first checkpoint: the steps run since must be redone
+        # Kill once a second checkpoint shows: the first is registered by then (reports are barriers), and
+        # the steps run since the last one must be redone.
+        while time.time() < deadline and len(_checkpoints(run_dir)) < 2:
+            time.sleep(0.1)
         workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
                    if "RayTrainWorker" in (a.class_name or "")]
         if workers:
@@ -118,7 +120,7 @@ def test_export_reproduces_the_training_val_loss_and_carries_its_card(trained, t
     stats, outcome, version = trained
     d = Path(tiny_config.registry.root, tiny_config.registry.name, version)
     model = AutoModelForCausalLM.from_pretrained(d).eval()
-    ids = torch.tensor(pq.read_table(Path(stats.output_dir, "val")).column("input_ids").to_pylist())
+    ids = torch.tensor(pq.read_table(Path(stats.output_dir, "val")).column("input_ids").to_pylist(), dtype=torch.long)
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids).loss.item()  # every row has T-1 predictions: mean = token mean
     precision = outcome.metrics["precision"]

@@ -128,7 +128,10 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
     resuming = _check_run(cfg, run_name, config_fingerprint(hf_config), stats.dataset_version)
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # rank 0 prints a progress line
-    datasets = {split: ray.data.read_parquet(str(Path(stats.output_dir, split))) for split in ("train", "val")}
+    # Reading packed token shards is light: a quarter CPU per read task keeps them schedulable beside the
+    # workers' reservation (and beside a Tune trial's), where a whole CPU may not be free.
+    datasets = {split: ray.data.read_parquet(str(Path(stats.output_dir, split)), ray_remote_args={"num_cpus": 0.25})
+                for split in ("train", "val")}
     use_gpu = loop_config["use_gpu"]
     trainer = TorchTrainer(
         train_loop_per_worker,

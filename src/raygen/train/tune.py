@@ -182,7 +182,10 @@ def tune_run(cfg: RaygenConfig) -> dict:
           f", {num_samples} samples, {n_conc} concurrent, ASHA {'on' if scheduler else 'off'}", flush=True)
     base = base_config(cfg)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, experiment=experiment), {"CPU": 0})
+        tune.with_parameters(_trial, base=base, experiment=experiment),
+        # No CPU for the trial's driver function (Tune refuses an empty request; any CPU fraction here would
+        # leave Ray Data's 1-CPU file-listing task unschedulable beside the workers): a token of memory.
+        tune.PlacementGroupFactory([{"memory": 1_000_000}]))
     tuner = tune.Tuner(
         trainable, param_space=_domains(parsed),
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=num_samples, search_alg=searcher,
