@@ -102,7 +102,7 @@ def _instrument(name: str):
 
 
 def record(name: str, value: float = 1.0, **labels: str) -> None:
-    """Counter: add value; gauge: set it; histogram: observe it."""
+    """Counter: add value (a zero adds nothing); gauge: set it; histogram: observe it."""
     check_labels(name, labels)
     inst = _instrument(name)
     if inst is None:
@@ -110,7 +110,8 @@ def record(name: str, value: float = 1.0, **labels: str) -> None:
     tags = {k: str(v) for k, v in labels.items()}
     kind = METRICS[name].kind
     if kind == "counter":
-        inst.inc(value, tags=tags)
+        if value > 0:  # Ray's counters refuse 0 (nothing to add)
+            inst.inc(value, tags=tags)
     elif kind == "gauge":
         inst.set(value, tags=tags)
     else:
