@@ -155,7 +155,8 @@ def spawn(kind: str, args, tmp: Path, **kw) -> dict:
         if line.startswith("[raygen train]") and ("params" in line or "val loss" in line):
             print("    " + line[:170], flush=True)
     res = json.loads(result.read_text())
-    _log(f"{kind} {kw}: {res['tokens_per_s']:.0f} tok/s, val loss {res['val_loss']:.4f}, {time.time() - t:.0f}s")
+    if "tokens_per_s" in res:
+        _log(f"{kind} {kw}: {res['tokens_per_s']:.0f} tok/s, val loss {res['val_loss']:.4f}, {time.time() - t:.0f}s")
     return res
 
 
