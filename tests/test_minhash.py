@@ -92,9 +92,12 @@ def test_s_curve_defaults_and_observed_band_collisions():
     assert collision_probability(0.8, 20, 7) > 0.99
     assert collision_probability(0.5, 20, 7) < 0.15 and collision_probability(0.3, 20, 7) < 0.005
     assert collision_probability(0.8, 14, 8) == pytest.approx(0.924, abs=1e-3)  # why not 14 × 8
-    # Observed candidate rate for pairs around J = 0.65 matches the formula.
+    d = MinHasher()  # the defaults: 24 × 5, well below the threshold (verification gives precision)
+    assert (d.bands, d.rows) == (24, 5) and lsh_threshold(24, 5) == pytest.approx(0.53, abs=0.01)
+    assert collision_probability(0.8, 24, 5) > 0.9999
+    # Observed candidate rate for pairs around J = 0.65 matches the formula (on the 20 × 7 curve, steep there).
     rng = random.Random(3)
-    h = MinHasher()
+    h = MinHasher(bands=20, rows=7)
     hits, expected = [], []
     for _ in range(150):
         base = _words(rng, 200)
