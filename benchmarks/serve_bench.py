@@ -2,6 +2,7 @@
 
     python benchmarks/serve_bench.py            # the full table (about 20 minutes on 2 cores)
     python benchmarks/serve_bench.py --quick    # a smoke run
+    python benchmarks/serve_bench.py --observability   # raygen with tracing/metrics/access logs on vs off
 
 Model: GPT-2 architecture, 6 layers, hidden 512, 8 heads, vocab 8192, random init, with a BPE tokenizer
 trained on the demo corpus; registered in a temporary registry. Systems, each deployed alone on one local
@@ -328,23 +329,25 @@ def scenarios(quick: bool) -> list[dict]:
     return out + [{"name": f"poisson{r:g}", "rate": r, "n": 8 if quick else 48} for r in rates]
 
 
-def bench(args) -> dict:
-    import ray
-    from ray import serve
-
+def _model_and_config(work: Path):
+    """The benchmark model registered in a temporary registry, and raygen's config for it."""
     from raygen.config import load_config
     from raygen.registry import Registry
-    from raygen.serve.app import build_graph
 
-    work = Path(tempfile.mkdtemp(prefix="raygen-serve-bench-"))
     model_dir = work / "model"
     make_model(model_dir)
     Registry(work / "models").register("bench", model_dir, None, {"source": "serve_bench random init"})
-    results: dict = {"machine": f"{os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"), "model": MODEL,
-                     "engine": ENGINE, "slo": {"ttft_s": SLO_TTFT_S, "tpot_s": SLO_TPOT_S}, "systems": {}}
-    plan = scenarios(args.quick)
-    print(f"engine alone, concurrency 1 ({plan[0]['n']} requests)", flush=True)
-    results["engine_alone_c1"] = engine_alone(str(model_dir), make_requests(plan[0]["n"], seed=1))
+    cfg = load_config(None, [f"registry.root={work / 'models'}", "registry.name=bench", "serve.max_tokens_limit=512",
+                             "serve.rate_limit.enabled=false", f"serve.engine.dtype={ENGINE['dtype']}",
+                             f"serve.engine.kv_cache_mib={ENGINE['kv_cache_mib']}",
+                             f"serve.engine.max_num_seqs={ENGINE['max_num_seqs']}",
+                             f"serve.engine.max_num_batched_tokens={ENGINE['max_num_batched_tokens']}"])
+    return model_dir, cfg
+
+
+def _start_serve() -> str:
+    import ray
+    from ray import serve
 
     from raygen.cluster import serve_env
 
@@ -352,31 +355,46 @@ def bench(args) -> dict:
     port = free_port()
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}"
-    cfg = load_config(None, [f"registry.root={work / 'models'}", "registry.name=bench", "serve.max_tokens_limit=512",
-                             "serve.rate_limit.enabled=false", f"serve.engine.dtype={ENGINE['dtype']}",
-                             f"serve.engine.kv_cache_mib={ENGINE['kv_cache_mib']}",
-                             f"serve.engine.max_num_seqs={ENGINE['max_num_seqs']}",
-                             f"serve.engine.max_num_batched_tokens={ENGINE['max_num_batched_tokens']}"])
+    return f"http://127.0.0.1:{port}"
+
+
+def _scenario(name: str, url: str, sc: dict, k: int) -> dict:
+    reqs = make_requests(sc["n"], seed=100 + k)  # the same requests for every system
+    t = time.perf_counter()
+    run = run_client({"kind": "load", "url": url, "reqs": reqs, "concurrency": sc.get("concurrency"),
+                      "rate": sc.get("rate"), "seed": 7})
+    s = summarize(run, reqs)
+    print(f"{name:10s} {sc['name']:10s} {s['output_tok_s']:8.1f} tok/s  TTFT p50 {s['ttft_p50_ms']} ms  "
+          f"TPOT p50 {s['tpot_p50_ms']} ms  errors {s['errors']}  ({time.perf_counter() - t:.0f} s)", flush=True)
+    return s
+
+
+def _warm(url: str) -> None:
+    run_client({"kind": "load", "url": url, "reqs": make_requests(2, seed=99, output=(4, 4)), "concurrency": 1})
+
+
+def bench(args) -> dict:
+    import ray
+    from ray import serve
+
+    from raygen.serve.app import build_graph
+
+    work = Path(tempfile.mkdtemp(prefix="raygen-serve-bench-"))
+    model_dir, cfg = _model_and_config(work)
+    results: dict = {"machine": f"{os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"), "model": MODEL,
+                     "engine": ENGINE, "slo": {"ttft_s": SLO_TTFT_S, "tpot_s": SLO_TPOT_S}, "systems": {}}
+    plan = scenarios(args.quick)
+    print(f"engine alone, concurrency 1 ({plan[0]['n']} requests)", flush=True)
+    results["engine_alone_c1"] = engine_alone(str(model_dir), make_requests(plan[0]["n"], seed=1))
+    url = _start_serve()
     systems = {"raygen": lambda: build_graph(cfg)}
     peers = peer_apps(str(model_dir))
     systems.update({name: (lambda a=a: a) for name, a in peers.items()})
     try:
         for name in args.systems:
             serve.run(systems[name](), name="bench", route_prefix="/")
-            warm = make_requests(2, seed=99, output=(4, 4))
-            run_client({"kind": "load", "url": url, "reqs": warm, "concurrency": 1})
-            results["systems"][name] = {}
-            for k, sc in enumerate(plan):
-                reqs = make_requests(sc["n"], seed=100 + k)  # the same requests for every system
-                t = time.perf_counter()
-                run = run_client({"kind": "load", "url": url, "reqs": reqs, "concurrency": sc.get("concurrency"),
-                                  "rate": sc.get("rate"), "seed": 7})
-                s = summarize(run, reqs)
-                results["systems"][name][sc["name"]] = s
-                print(f"{name:9s} {sc['name']:10s} {s['output_tok_s']:8.1f} tok/s  TTFT p50 {s['ttft_p50_ms']} ms  "
-                      f"TPOT p50 {s['tpot_p50_ms']} ms  errors {s['errors']}  ({time.perf_counter() - t:.0f} s)",
-                      flush=True)
+            _warm(url)
+            results["systems"][name] = {sc["name"]: _scenario(name, url, sc, k) for k, sc in enumerate(plan)}
             if name == "raygen":
                 hits = run_client({"kind": "cache", "url": url, "reqs": make_requests(1, seed=5), "n": 50})
                 results["cache_hit"] = {"n": len(hits["latency"]), "identical_bodies": hits["identical"],
@@ -389,6 +407,111 @@ def bench(args) -> dict:
         serve.shutdown()
         ray.shutdown()
     return results
+
+
+# -- observability overhead (issue 7) -------------------------------------------------------------------
+class _OtlpSink:
+    """An OTLP/HTTP traces endpoint in this process (aiohttp, a thread) that accepts and counts exports, so
+    "on" pays for real span export over HTTP."""
+
+    def __init__(self):
+        import threading
+
+        from aiohttp import web
+
+        self.port, self.posts, self.bytes = free_port(), 0, 0
+        self._loop = asyncio.new_event_loop()
+
+        async def traces(request):
+            self.bytes += len(await request.read())
+            self.posts += 1
+            return web.Response(status=200, content_type="application/x-protobuf", body=b"")
+
+        def run():
+            asyncio.set_event_loop(self._loop)
+            app = web.Application(client_max_size=64 * 2**20)
+            app.router.add_post("/v1/traces", traces)
+            self._runner = web.AppRunner(app)
+            self._loop.run_until_complete(self._runner.setup())
+            self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        time.sleep(0.3)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/traces"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def bench_observability(args) -> dict:
+    """raygen with tracing (exported), metrics and access logs on vs all off: same requests, alternating
+    order over --rounds rounds; medians compared."""
+    import statistics
+
+    import ray
+    from ray import serve
+
+    from raygen.serve.app import build_graph
+
+    try:
+        import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+
+        exporter = "otlp"
+    except ImportError:
+        exporter = "console"
+    sink = _OtlpSink() if exporter == "otlp" else None
+    work = Path(tempfile.mkdtemp(prefix="raygen-serve-obs-"))
+    _, cfg = _model_and_config(work)
+    on = cfg.model_copy(deep=True)
+    on.observability.tracing, on.observability.otlp_endpoint = exporter, sink.url if sink else None
+    off = cfg.model_copy(deep=True)
+    o = off.observability
+    o.tracing, o.metrics, o.access_log, o.json_logs = "off", False, False, False
+    plan = [sc for sc in scenarios(args.quick) if sc["name"] in ("c1", "c8" if args.quick else "c32")]
+    runs: dict = {"on": {sc["name"]: [] for sc in plan}, "off": {sc["name"]: [] for sc in plan}}
+    url = _start_serve()
+    try:
+        for rnd in range(args.rounds):
+            for name in (("on", "off") if rnd % 2 == 0 else ("off", "on")):
+                serve.run(build_graph(on if name == "on" else off), name="bench", route_prefix="/")
+                _warm(url)
+                for k, sc in enumerate(plan):
+                    runs[name][sc["name"]].append(_scenario(f"obs-{name}", url, sc, k))
+                serve.delete("bench")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if sink:
+            sink.close()
+    med = {name: {sc: {m: statistics.median(r[m] for r in rs) for m in ("output_tok_s", "ttft_p50_ms")}
+                  for sc, rs in scs.items()} for name, scs in runs.items()}
+    return {"machine": f"{os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"), "model": MODEL, "engine": ENGINE,
+            "exporter": exporter, "rounds": args.rounds, "runs": runs, "median": med,
+            "spans_exported": {"posts": sink.posts, "bytes": sink.bytes} if sink else None}
+
+
+def report_observability(res: dict) -> str:
+    lines = [f"Observability overhead — {res['date']}, {res['machine']}; on = tracing exported ({res['exporter']}"
+             f"{', to a local OTLP/HTTP sink' if res['exporter'] == 'otlp' else ''}) + metrics + JSON access logs, "
+             f"off = none of them; median of {res['rounds']} rounds (alternating order)", "",
+             "| scenario | out tok/s on | out tok/s off | on / off | TTFT p50 ms on | TTFT p50 ms off |",
+             "|---|---|---|---|---|---|"]
+    for sc, on in res["median"]["on"].items():
+        off = res["median"]["off"][sc]
+        lines.append(f"| {sc} | {on['output_tok_s']:.1f} | {off['output_tok_s']:.1f} | "
+                     f"**{on['output_tok_s'] / off['output_tok_s']:.3f}×** | {on['ttft_p50_ms']:.1f} | "
+                     f"{off['ttft_p50_ms']:.1f} |")
+    if res.get("spans_exported"):
+        e = res["spans_exported"]
+        lines.append(f"\nOTLP exports received by the sink: {e['posts']} POSTs, {e['bytes'] / 1e6:.2f} MB")
+    lines.append("Target: throughput cost <= 5% (on / off >= 0.95x).")
+    return "\n".join(lines)
 
 
 def report(res: dict) -> str:
@@ -454,10 +577,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="two concurrency levels, one rate, few requests")
     ap.add_argument("--systems", nargs="+", default=["raygen", "batch", "generate"])
+    ap.add_argument("--observability", action="store_true",
+                    help="only raygen, with tracing, metrics and access logs on vs off (issue 7's overhead check)")
+    ap.add_argument("--rounds", type=int, default=2, help="--observability: rounds, alternating which goes first")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client:
         return client_main(args.client)
+    if args.observability:
+        res = bench_observability(args)
+        OUT.mkdir(parents=True, exist_ok=True)
+        stem = "serve_obs_quick" if args.quick else "serve_obs"
+        (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
+        text = report_observability(res)
+        (OUT / f"{stem}.md").write_text(text + "\n")
+        print("\n" + text + f"\n\nwritten: {OUT}/{stem}.{{json,md}}")
+        return
     res = bench(args)
     OUT.mkdir(parents=True, exist_ok=True)
     stem = "serve_bench_quick" if args.quick else "serve_bench"

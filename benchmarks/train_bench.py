@@ -15,7 +15,8 @@ Systems, each in its own subprocess so neither sees the other's threads or memor
   plain   nanoGPT-style: one process, torch threads = all cores, the shards loaded into one tensor and batches
           of 16 drawn at random, the same model class and optimizer; tokens/s after step 5.
 
-Phase 1, throughput: --steps steps per system per precision (fp32; bf16 autocast over fp32 master weights).
+Phase 1, throughput: --steps steps per system per precision (fp32; bf16 autocast over fp32 master weights), for
+--rounds rounds that alternate which system goes first; each system's median rate is compared.
 MFU = tokens/s × model FLOPs per token (raygen.train.flops: 6N + 12·L·H·T) ÷ a matmul peak measured here with
 all cores in the same dtype (2048² GEMM). Target: raygen ≥ 0.85× plain tokens/s.
 Phase 2, a fixed budget (--budget-s, default 600 s): each system runs at its faster precision for as many steps
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,7 +75,7 @@ def worker_raygen(a) -> dict:
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     cfg = load_config(None, _overrides(a.data, Path(a.work)) + [
         f"train.run_name=bench-{a.precision}-{a.steps}", "train.resume=false", "train.num_workers=2",
-        "train.cpus_per_worker=0.5", "train.torch_threads=1", "train.zero_stage=2", f"train.precision={a.precision}",
+        "train.cpus_per_worker=0.5", f"train.torch_threads={a.threads}", "train.zero_stage=2", f"train.precision={a.precision}",
         f"train.micro_batch_size={MICRO}", f"train.global_batch_size={SEQS}", f"train.max_steps={a.steps}",
         "train.log_every=1", f"train.eval_every={a.steps}"] + [f"train.{k}={v}" for k, v in HP.items()])
     t0 = time.time()
@@ -144,7 +146,7 @@ def worker_plain(a) -> dict:
 def spawn(kind: str, args, tmp: Path, **kw) -> dict:
     result = tmp / f"{kind}-{kw.get('precision', '')}-{kw.get('steps', '')}.json"
     cmd = [sys.executable, __file__, "--worker", kind, "--data", str(tmp / "data"), "--work", str(tmp),
-           "--result", str(result), *[x for k, v in kw.items() for x in (f"--{k}", str(v))]]
+           "--result", str(result), "--threads", str(args.threads), *[x for k, v in kw.items() for x in (f"--{k}", str(v))]]
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     t = time.time()
@@ -191,7 +193,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=25, help="phase-1 steps per system and precision")
     ap.add_argument("--budget-s", type=float, default=600, help="phase-2 training budget per system (seconds)")
-    ap.add_argument("--quick", action="store_true", help="8 steps, 60 s budget: a smoke run")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="phase-1 rounds, alternating which system runs first (this machine's speed drifts by "
+                         "~10%% between runs; each system's median over the rounds is compared)")
+    ap.add_argument("--quick", action="store_true", help="8 steps, 1 round, 60 s budget: a smoke run")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads per raygen worker (2 workers on this machine's cores: 2 oversubscribes, "
+                         "which measured faster than 1 here: a worker waiting on the other lends its core)")
     for flag in ("--worker", "--data", "--work", "--result", "--precision"):
         ap.add_argument(flag, help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default=None, help="where data and runs go (default: the system's temp)")
@@ -201,7 +209,7 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(res))
         return
     if args.quick:
-        args.steps, args.budget_s = 8, 60
+        args.steps, args.budget_s, args.rounds = 8, 60, 1
     import torch
 
     from raygen.train.flops import flops_per_token, measure_matmul_peak
@@ -227,13 +235,18 @@ def main() -> None:
         fpt = flops_per_token(model, BLOCK)
         results = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "peaks": peaks, "flops_per_token": fpt,
                    "params": sum(p.numel() for p in model.parameters()), "data": data, "steps": args.steps,
-                   "budget_s": args.budget_s, "throughput": {}, "budget": {}}
-        for prec in ("fp32", "bf16"):
-            results["throughput"][prec] = {}
-            for system in ("raygen", "plain"):
-                r = spawn(system, args, tmp, precision=prec, steps=args.steps)
-                r["mfu"] = r["tokens_per_s"] * fpt / peaks[prec]
-                results["throughput"][prec][system] = r
+                   "budget_s": args.budget_s, "rounds": args.rounds, "throughput": {}, "budget": {}}
+        runs: dict = {(prec, system): [] for prec in ("fp32", "bf16") for system in ("raygen", "plain")}
+        for rnd in range(args.rounds):
+            for prec in ("fp32", "bf16"):
+                for system in ("raygen", "plain")[::1 if rnd % 2 == 0 else -1]:
+                    runs[prec, system].append(spawn(system, args, tmp, precision=prec, steps=args.steps))
+        for (prec, system), rs in runs.items():
+            rates = sorted(r["tokens_per_s"] for r in rs)
+            r = next(x for x in rs if x["tokens_per_s"] == rates[(len(rates) - 1) // 2]) | {
+                "tokens_per_s": statistics.median(rates), "rounds_tokens_per_s": [x["tokens_per_s"] for x in rs]}
+            r["mfu"] = r["tokens_per_s"] * fpt / peaks[prec]
+            results["throughput"].setdefault(prec, {})[system] = r
         for system in ("raygen", "plain"):
             prec = max(("fp32", "bf16"), key=lambda p: results["throughput"][p][system]["tokens_per_s"])
             rate = results["throughput"][prec][system]["tokens_per_s"]
@@ -250,12 +263,16 @@ def report(results: dict) -> None:
              f"{results['data']['train_blocks']} train / {results['data']['val_blocks']} val blocks of 256 tokens)", "",
              f"Measured matmul peak (all cores): fp32 {results['peaks']['fp32'] / 1e9:.1f} GFLOP/s, bf16 "
              f"{results['peaks']['bf16'] / 1e9:.1f} GFLOP/s", "",
-             "| precision | raygen tok/s (MFU) | plain tok/s (MFU) | raygen / plain |", "|---|---|---|---|"]
+             "| precision | raygen tok/s (MFU) | plain tok/s (MFU) | raygen / plain | per round (raygen:plain) |",
+             "|---|---|---|---|---|"]
     for prec in ("fp32", "bf16"):
         r, p = tp[prec]["raygen"], tp[prec]["plain"]
+        pairs = zip(r["rounds_tokens_per_s"], p["rounds_tokens_per_s"], strict=True)
+        per_round = " / ".join(f"{a:.0f}:{b:.0f}" for a, b in pairs)
         lines.append(f"| {prec} | {r['tokens_per_s']:.0f} ({100 * r['mfu']:.1f}%) | {p['tokens_per_s']:.0f} "
-                     f"({100 * p['mfu']:.1f}%) | **{r['tokens_per_s'] / p['tokens_per_s']:.2f}×** |")
-    lines += ["", f"Throughput target: raygen ≥ 0.85× plain ({results['steps']} steps each, tokens/s after step 5).", "",
+                     f"({100 * p['mfu']:.1f}%) | **{r['tokens_per_s'] / p['tokens_per_s']:.2f}×** | {per_round} |")
+    lines += ["", f"Throughput target: raygen ≥ 0.85× plain ({results['steps']} steps each, tokens/s after step 5; the "
+              f"median of {results.get('rounds', 1)} rounds).", "",
               f"Fixed budget of {results['budget_s']:.0f} s of training steps:", "",
               "| system | precision | steps | wall s (incl. start-up) | val loss |", "|---|---|---|---|---|"]
     for system in ("raygen", "plain"):

@@ -299,3 +299,17 @@ def test_the_engine_imports_and_runs_without_ray(models):
     out = subprocess.run([sys.executable, "-c", code, models["gpt2"][0]], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "4"
+
+
+def test_outputs_carry_the_requests_engine_timestamps(models):
+    engine = LLMEngine(EngineConfig(str(models["gpt2"][0]), dtype="float32", kv_cache_bytes=2**22))
+    engine.add_request("r", [1, 2, 3, 4], SamplingParams(max_tokens=5, temperature=0, n=2, ignore_eos=True))
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+    assert engine.drain_step_sizes() and not engine.drain_step_sizes()  # drained once
+    last = [o for o in outs if o.finished]
+    assert len(last) == 2 and all(o.timing is None for o in outs if not o.finished)
+    for o in last:
+        t = o.timing
+        assert t.arrival <= t.scheduled <= t.first_token <= t.finished

@@ -38,13 +38,13 @@ class ScriptedLLM:
     def options(self, **_):
         return self
 
-    def remote(self, *_):
+    def remote(self, *_, **__):
         return self.stream
 
 
 def _post(stream, f: SafetyFilter) -> Postprocessor:
     post = Postprocessor.func_or_class.__new__(Postprocessor.func_or_class)
-    post.llm, post.safety, post.tokenizer = ScriptedLLM(stream), f, None
+    post.llm, post.safety, post.tokenizer, post.model_name = ScriptedLLM(stream), f, None, "m"
     from collections import Counter
 
     post.blocked = Counter()

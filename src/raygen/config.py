@@ -316,10 +316,14 @@ class AlertSettings(_Model):
 
 
 class ObservabilitySettings(_Model):
-    tracing: Literal["none", "console", "otlp", "memory"] = Field(
-        "none", description="Span exporter (otlp needs opentelemetry-exporter-otlp-proto-http).")
+    tracing: Literal["off", "none", "console", "otlp", "memory"] = Field(
+        "none", description="Span exporter: otlp (needs `pip install -e .[otlp]`), console (JSON lines in the worker "
+                            "log), memory (tests), none (spans made, so trace ids reach headers and logs, but not "
+                            "exported) or off (no spans, no trace ids).")
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; unset: the exporter's default.")
+    metrics: bool = Field(True, description="Record raygen's metrics in Ray's metrics system (Prometheus, dashboard).")
     json_logs: bool = Field(True, description="raygen's loggers write JSON lines with request and trace ids.")
+    access_log: bool = Field(True, description="One JSON access-log line per request (logger raygen.access).")
     log_text: bool = Field(False, description="Privacy flag: put prompt and completion text in access logs.")
     alerts: AlertSettings = Field(default_factory=AlertSettings)
 

@@ -31,6 +31,7 @@ from raygen.config import RaygenConfig
 from raygen.data import card, clean, features, sources, stages
 from raygen.data.quality import QualityRules
 from raygen.errors import DataError
+from raygen.observability.tracing import record_spans
 
 DROP_ALREADY_COLLECTED = "already_collected"
 DROP_LABEL_FILTER = "label_filter"
@@ -217,6 +218,7 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
     t0 = time.time()
     d = cfg.data
     timings: dict[str, float] = {}
+    starts: dict[str, float] = {}  # stage -> start time (its span)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same input, same shards
     ctx.op_resource_reservation_enabled = d.reserve_operator_memory
@@ -250,6 +252,7 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
         processed.filter(lambda r: r["drop_reason"] in sources.QUARANTINE) \
             .select_columns(["source", "offset", "drop_reason", "text"]).write_json(str(out / "quarantine" / run))
     timings["collect+stages"] = time.time() - t
+    starts["collect+stages"] = t
     _log(f"stages: {num_collected} records → {counts.get('', 0)} pass; "
          f"dropped {dict(sorted((k, v) for k, v in counts.items() if k))}")
 
@@ -272,6 +275,7 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
         dropped["near_duplicate"] = nstats.num_dropped
         kept = kept.materialize()
     timings["dedup"] = time.time() - t
+    starts["dedup"] = t
 
     t = time.time()
     kept = kept.map_batches(_label_and_mix, batch_format="numpy", batch_size=256, fn_kwargs={
@@ -289,6 +293,7 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
         kept = kept.filter(lambda r: r["drop_reason"] == "").materialize()
     num_docs = labeled.get("", 0)
     timings["label"] = time.time() - t
+    starts["label"] = t
     if num_docs + sum(dropped.values()) != num_collected:
         raise DataError(f"accounting broke: {num_docs} kept + {dropped} != {num_collected} collected")  # a bug
     stage_counts = _stage_table(num_collected, dropped, d.stages)
@@ -320,6 +325,7 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
                                        fc.vocab_size, str(tok_dir), fc.chat_template)
         _log(f"tokenizer: byte-level BPE trained on ≤{fc.tokenizer_sample_mb} MiB, {len(tok)} tokens")
     timings["tokenizer"] = time.time() - t
+    starts["tokenizer"] = t
 
     t = time.time()
     packed = corpus.map_batches(
@@ -338,6 +344,7 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
     digest = (int(packed.sum("row_hash")) % 2**64).to_bytes(8, "little").hex()
     tok_digest = hashlib.blake2b((tok_dir / "tokenizer.json").read_bytes(), digest_size=4).hexdigest()
     timings["features"] = time.time() - t
+    starts["features"] = t
 
     for name in ("tokenizer", "train", "val"):  # swap the new features in
         shutil.rmtree(out / name, ignore_errors=True)
@@ -354,6 +361,10 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
     card.write_card(out, stats, corpus, _sum_hist(corpus), LENGTH_BINS, _label_columns(corpus))
     stats.write()
     _record_metrics(stats)
+    record_spans(cfg.observability, "raygen-data", "data.prepare", t0, time.time(),
+                 [(f"data.{k}", starts[k], starts[k] + v) for k, v in timings.items() if k in starts],
+                 {"raygen.run": run, "raygen.dataset_version": stats.dataset_version,
+                  "raygen.documents_in": num_collected, "raygen.train_blocks": n_train})
     _commit(out, all_runs)
     _log(f"features: {stats.doc_tokens} tokens → {n_train} train + {n_val} val blocks of "
          f"{stats.block_size} ({stats.tail_tokens} tail tokens dropped); version {stats.dataset_version}")

@@ -10,11 +10,13 @@ No Ray here: the Serve deployment wraps AsyncLLMEngine, one per replica.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 
 from raygen.engine.detok import IncrementalDetokenizer
 from raygen.engine.kv_cache import BlockManager
-from raygen.engine.request import (FINISH_REASON, RequestOutput, SamplingParams, Sequence, Status,
+from raygen.engine.request import (FINISH_REASON, RequestOutput, RequestTiming, SamplingParams, Sequence, Status,
                                    TokenLogprob)
 from raygen.engine.runner import EngineSetupError, ModelRunner
 from raygen.engine.sampling import apply_penalties, sample, top_logprobs
@@ -89,6 +91,7 @@ class _Request:
     generators: list[torch.Generator | None]
     pending_children: list[Sequence] = field(default_factory=list)
     num_finished: int = 0
+    timing: RequestTiming = field(default_factory=lambda: RequestTiming(time.time()))
 
 
 def merge(outputs: Iterable[RequestOutput]) -> RequestOutput:
@@ -98,7 +101,7 @@ def merge(outputs: Iterable[RequestOutput]) -> RequestOutput:
     lps = [lp for o in outputs for lp in (o.logprobs or [])] if first.logprobs is not None else None
     return RequestOutput(first.req_id, first.index, [t for o in outputs for t in o.token_ids],
                          "".join(o.text for o in outputs), lps, last.finish_reason, last.num_prompt_tokens,
-                         last.num_cached_tokens, last.num_output_tokens)
+                         last.num_cached_tokens, last.num_output_tokens, last.timing)
 
 
 class LLMEngine:
@@ -121,6 +124,7 @@ class LLMEngine:
         self._lock = threading.RLock()  # add/abort may come from another thread while a forward runs
         self._counts = dict.fromkeys(("steps", "preemptions", "prompt_tokens", "generated"), 0)
         self.step_log: list[StepRecord] | None = None  # set to [] to record steps (benchmarks)
+        self._step_sizes: deque[int] = deque(maxlen=4096)  # sequences per step, until drained (metrics)
 
     @staticmethod
     def _load_tokenizer(config: EngineConfig):
@@ -176,6 +180,13 @@ class LLMEngine:
             self._forget(req)
             return outs
 
+    def drain_step_sizes(self) -> list[int]:
+        """Sequences per step of the steps since the last call (for the batch-size histogram)."""
+        out = []
+        while self._step_sizes:
+            out.append(self._step_sizes.popleft())
+        return out
+
     def has_unfinished(self) -> bool:
         return bool(self._requests)
 
@@ -195,6 +206,12 @@ class LLMEngine:
             out = self.scheduler.schedule()
             if not out.num_scheduled_tokens:
                 return []
+            now = time.time()
+            for r in out.num_scheduled_tokens:
+                owner = self._owner.get(r)
+                if owner and owner[0].timing.scheduled is None:
+                    owner[0].timing.scheduled = now
+            self._step_sizes.append(len(out.num_scheduled_tokens))
             seqs = self.scheduler.seqs
             inputs = self.runner.prepare(out, seqs, self.bm)
             ran = [(n, seqs[r].num_computed_tokens + n) for r, n in out.num_scheduled_tokens.items()]
@@ -223,6 +240,11 @@ class LLMEngine:
             return []
         token_ids, lps = self._sample(logits, rows)
         self._counts["generated"] += len(token_ids)
+        now = time.time()
+        for seq, _ in rows:
+            t = self._owner[seq.req_id][0].timing
+            if t.first_token is None:
+                t.first_token = now
         sampled, outputs = {}, []
         for (seq, _), tok in zip(rows, token_ids, strict=True):
             req, idx = self._owner[seq.req_id]
@@ -281,9 +303,13 @@ class LLMEngine:
     def _output(self, req: _Request, idx: int, token_ids: list[int], text: str, lp: TokenLogprob | None,
                 reason: str | None = "abort") -> RequestOutput:
         seq = req.seqs[idx]
+        timing = None
+        if reason is not None:
+            req.timing.finished = time.time()
+            timing = dataclasses.replace(req.timing)  # a snapshot: later sequences finish later
         return RequestOutput(req.req_id, idx, token_ids, text,
                              ([lp] if lp else []) if req.params.logprobs is not None else None, reason,
-                             len(seq.prompt_ids), seq.num_cached_prompt_tokens, len(seq.output_ids))
+                             len(seq.prompt_ids), seq.num_cached_prompt_tokens, len(seq.output_ids), timing)
 
     def _forget(self, req: _Request) -> None:
         self._requests.pop(req.req_id, None)
@@ -374,6 +400,9 @@ class AsyncLLMEngine:
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    def drain_step_sizes(self) -> list[int]:
+        return self.engine.drain_step_sizes()
 
     def shutdown(self) -> None:
         self._closed = True

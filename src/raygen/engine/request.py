@@ -110,6 +110,17 @@ class TokenLogprob:
 
 
 @dataclass
+class RequestTiming:
+    """Wall-clock marks (time.time() seconds) of a request in the engine, for queue/prefill/decode spans
+    and the queue-time metric. `scheduled`/`first_token` stay None when it was aborted before them."""
+
+    arrival: float
+    scheduled: float | None = None  # first step that ran any of its prompt
+    first_token: float | None = None
+    finished: float | None = None
+
+
+@dataclass
 class RequestOutput:
     """What one engine step produced for one sequence of a request (deltas, not totals)."""
 
@@ -122,6 +133,7 @@ class RequestOutput:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     num_output_tokens: int = 0  # generated so far, this sequence
+    timing: RequestTiming | None = None  # on a sequence's last output only
 
     @property
     def finished(self) -> bool:

@@ -14,6 +14,9 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
                                   for q in (50, 99)]),
     ("Inter-token latency", "s", [(f"p{q}", f"histogram_quantile(0.{q}, sum by (le) (rate({_P}itl_seconds_bucket[5m])))")
                                   for q in (50, 99)]),
+    ("Time per output token", "s", [(f"p{q}", f"histogram_quantile(0.{q}, sum by (le) "
+                                              f"(rate({_P}tpot_seconds_bucket[5m])))") for q in (50, 99)]),
+    ("Batch size p50", "short", [("p50", f"histogram_quantile(0.5, sum by (le) (rate({_P}batch_size_bucket[5m])))")]),
     ("End-to-end latency p99", "s", [("{{route}}", f"histogram_quantile(0.99, sum by (le, route) "
                                                    f"(rate({_P}request_latency_seconds_bucket[5m])))")]),
     ("Queue time p99", "s", [("p99", f"histogram_quantile(0.99, sum by (le) (rate({_P}queue_time_seconds_bucket[5m])))")]),
@@ -26,7 +29,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Response cache", "reqps", [("{{result}}", f"sum by (result) (rate({_P}response_cache_total[1m]))")]),
     ("Rate-limited and safety-blocked", "reqps", [("429", f"sum(rate({_P}rate_limited_total[1m]))"),
                                                   ("{{rule}}", f"sum by (rule) (rate({_P}safety_blocks_total[1m]))")]),
-    ("Model replica starts", "short", [("starts", f"sum(increase({_P}llm_replica_starts_total[10m]))")]),
+    ("Model replicas", "short", [("live", f"count({_P}llm_replica_up)"),
+                                 ("starts (10m)", f"sum(increase({_P}llm_replica_starts_total[10m]))")]),
     ("Training loss", "short", [("{{run}}", f"{_P}train_loss")]),
     ("Training throughput and MFU", "short", [("tok/s {{run}}", f"{_P}train_tokens_per_second"),
                                               ("MFU {{run}}", f"{_P}train_mfu_ratio")]),

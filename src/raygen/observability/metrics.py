@@ -36,6 +36,8 @@ _DEFS = [
     MetricDef("raygen_request_latency_seconds", "histogram", "End-to-end request latency.", ("model", "route"),
               LATENCY_BUCKETS),
     MetricDef("raygen_ttft_seconds", "histogram", "Time to first token.", ("model",), LATENCY_BUCKETS),
+    MetricDef("raygen_tpot_seconds", "histogram", "Time per output token after the first, per request.", ("model",),
+              TOKEN_LATENCY_BUCKETS),
     MetricDef("raygen_itl_seconds", "histogram", "Inter-token latency (gaps between streamed chunks, per token).",
               ("model",), TOKEN_LATENCY_BUCKETS),
     MetricDef("raygen_prompt_tokens_total", "counter", "Prompt tokens of answered requests.", ("model",)),
@@ -48,6 +50,8 @@ _DEFS = [
     # serving: the model replicas
     MetricDef("raygen_llm_replica_starts_total", "counter", "Model replica starts (restarts show as repeats).",
               ("model",)),
+    MetricDef("raygen_llm_replica_up", "gauge", "1 per live model replica (count() of it: replicas).",
+              ("model", "replica")),
     MetricDef("raygen_queue_time_seconds", "histogram", "Time from arrival to the first scheduled step.",
               ("model",), LATENCY_BUCKETS),
     MetricDef("raygen_running_sequences", "gauge", "Sequences in the running batch.", ("model", "replica")),
@@ -67,6 +71,12 @@ _DEFS = [
 ]
 METRICS: dict[str, MetricDef] = {m.name: m for m in _DEFS}
 _instances: dict[str, object] = {}
+_enabled = {"on": True}
+
+
+def set_enabled(on: bool) -> None:
+    """Turn this process's recording on or off (observability.metrics in the config)."""
+    _enabled["on"] = bool(on)
 
 
 def scraped_name(name: str) -> str:
@@ -104,6 +114,8 @@ def _instrument(name: str):
 def record(name: str, value: float = 1.0, **labels: str) -> None:
     """Counter: add value (a zero adds nothing); gauge: set it; histogram: observe it."""
     check_labels(name, labels)
+    if not _enabled["on"]:
+        return
     inst = _instrument(name)
     if inst is None:
         return

@@ -3,7 +3,7 @@ config, and W3C trace context carried across Serve handle calls as a plain dict 
 caller, `extract()` in the callee), so one request is one trace across the ingress, the model replica and
 back. No Ray in here.
 
-Exporters: "none" (spans are still created, so trace ids reach headers and logs, but nothing is exported),
+Exporters: "off" (no tracer provider: spans are no-ops and there are no trace ids), "none" (spans are still created, so trace ids reach headers and logs, but nothing is exported),
 "console" (JSON lines on stdout: the Ray worker log), "otlp" (OTLP over HTTP; needs
 `pip install opentelemetry-exporter-otlp-proto-http`), "memory" (kept in the process; `finished_spans()`
 reads them: tests).
@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from raygen.errors import ConfigError
 
-EXPORTERS = ("none", "console", "otlp", "memory")
+EXPORTERS = ("off", "none", "console", "otlp", "memory")
 _lock = threading.Lock()
 _state: dict = {"exporter": None, "memory": None, "provider": None}
 
@@ -31,7 +31,10 @@ def setup(exporter: str = "none", service: str = "raygen", otlp_endpoint: str | 
     if exporter not in EXPORTERS:
         raise ConfigError(f"tracing exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
     with _lock:
-        if _state["provider"] is not None:
+        if _state["exporter"] is not None:
+            return
+        if exporter == "off":
+            _state["exporter"] = "off"
             return
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
         if exporter == "console":
@@ -54,10 +57,11 @@ def tracer(name: str = "raygen"):
     return trace.get_tracer(name)
 
 
-def inject() -> dict[str, str]:
-    """The current trace context as W3C headers ({"traceparent": ...}): pass it across a handle call."""
+def inject(span=None) -> dict[str, str]:
+    """The current trace context (or `span`'s) as W3C headers ({"traceparent": ...}): pass it across a
+    handle call."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=trace.set_span_in_context(span) if span is not None else None)
     return carrier
 
 
@@ -89,3 +93,19 @@ def finished_spans() -> list[dict]:
                     "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
                     "start_ns": s.start_time, "end_ns": s.end_time, "attributes": dict(s.attributes or {})})
     return out
+
+
+def record_spans(obs, service: str, name: str, start: float, end: float, children: list[tuple[str, float, float]],
+                 attributes: dict | None = None) -> str | None:
+    """A finished batch job as a trace after the fact: a root span and one child per (name, start, end) stage,
+    times in time.time() seconds. obs: the ObservabilitySettings of the run (its exporter is set up here if
+    this process has none yet). Returns the trace id (None with tracing off)."""
+    setup(obs.tracing, service=service, otlp_endpoint=obs.otlp_endpoint)
+    root = tracer().start_span(name, start_time=int(start * 1e9),
+                               attributes={k: v for k, v in (attributes or {}).items() if v is not None})
+    ctx = trace.set_span_in_context(root)
+    for child, s, e in children:
+        tracer().start_span(child, context=ctx, start_time=int(s * 1e9)).end(end_time=int(max(s, e) * 1e9))
+    root.end(end_time=int(end * 1e9))
+    c = root.get_span_context()
+    return format(c.trace_id, "032x") if c.is_valid else None

@@ -58,12 +58,13 @@ def _llm_options(s) -> dict:
 def build_graph(cfg: RaygenConfig) -> Application:
     version, model_dir = Registry(cfg.registry.root).resolve(cfg.registry.name, cfg.serve.version)
     s = cfg.serve
-    llm = LLMServer.options(**_llm_options(s)).bind(str(model_dir), s.engine.model_dump(), s.torch_threads)
+    obs, name = cfg.observability.model_dump(exclude={"alerts"}), cfg.registry.name
+    llm = LLMServer.options(**_llm_options(s)).bind(str(model_dir), s.engine.model_dump(), s.torch_threads, name, obs)
     safety = s.safety.model_dump()
     pre_args = dict(model_dir=str(model_dir), max_tokens_default=s.max_tokens_default,
                     max_tokens_limit=s.max_tokens_limit, system_prompt=s.system_prompt, truncation=s.truncation,
-                    safety=safety, max_prompt_tokens=s.max_prompt_tokens)
-    post_args = dict(model_dir=str(model_dir), safety=safety)
+                    safety=safety, max_prompt_tokens=s.max_prompt_tokens, model_name=name, observability=obs)
+    post_args = dict(model_dir=str(model_dir), safety=safety, model_name=name, observability=obs)
     if s.split_processing or s.safety.classifier:
         # Own deployments: scale tokenization and output checks (a classifier model) apart from the HTTP edge.
         pre, post = Preprocessor.bind(**pre_args), Postprocessor.bind(llm, **post_args)
@@ -73,7 +74,7 @@ def build_graph(cfg: RaygenConfig) -> Application:
     gateway = Gateway.bind(s.rate_limit.model_dump(), s.cache.model_dump(), version)
     return Ingress.options(num_replicas=s.ingress_replicas).bind(
         pre, post, gateway, llm, cfg.registry.name, version, s.max_body_bytes, s.auth.model_dump(exclude_none=True),
-        s.rate_limit.enabled, s.cache.enabled, s.cache.near_ttl_s)
+        s.rate_limit.enabled, s.cache.enabled, s.cache.near_ttl_s, obs)
 
 
 def build_app(args: dict) -> Application:
@@ -82,7 +83,12 @@ def build_app(args: dict) -> Application:
 
 
 def run(cfg: RaygenConfig) -> str:
-    """Start Serve's HTTP proxy on cfg.serve.host:port, deploy the graph, wait until it is healthy."""
+    """Start Serve's HTTP proxy on cfg.serve.host:port, deploy the graph, wait until it is healthy; start the
+    cluster's alert evaluator when observability.alerts.enabled."""
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_graph(cfg), name=APP_NAME, route_prefix="/")
+    if cfg.observability.alerts.enabled:
+        from raygen.observability.alert_actor import start_alerts
+
+        start_alerts(cfg.observability.alerts)
     return f"http://{cfg.serve.host}:{cfg.serve.port}"

@@ -18,9 +18,13 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from opentelemetry import trace
 from ray import serve
 
 from raygen.errors import RequestError, as_request_error
+from raygen.observability import logs  # (its request_id_var by attribute: route functions get pickled)
+from raygen.observability.process import init_process
+from raygen.observability.requests import RequestObserver
 from raygen.serve import openai_format as fmt
 from raygen.serve.auth import ANONYMOUS, KeyStore
 from raygen.serve.cache import cache_key, cacheable
@@ -30,9 +34,13 @@ from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, Delt
 
 log = logging.getLogger(__name__)
 
-api = FastAPI(title="raygen", description="OpenAI-compatible completions served by raygen on Ray Serve")
+# FastAPI's own OpenTelemetry spans are off: the ingress opens the request's root span itself (it must live until
+# the last streamed byte), continuing the caller's W3C context when the request carries one.
+api = FastAPI(title="raygen", description="OpenAI-compatible completions served by raygen on Ray Serve",
+              telemetry={"tracing": False, "metrics": False, "logs": False})
 UI = Path(__file__).with_name("ui") / "index.html"
 ROUTES = {"text": CompletionRequest, "chat": ChatCompletionRequest}
+ROUTE_LABEL = {"text": "completions", "chat": "chat.completions"}  # the `route` metric label
 NEAR_CACHE_ENTRIES = 256
 
 
@@ -124,7 +132,9 @@ class _LocalStream:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, preprocessor, postprocessor, gateway, llm, model_name: str, version: str, max_body_bytes: int,
-                 auth: dict | None = None, rate_limited: bool = True, cached: bool = True, near_cache_s: float = 1.0):
+                 auth: dict | None = None, rate_limited: bool = True, cached: bool = True, near_cache_s: float = 1.0,
+                 observability: dict | None = None):
+        self.obs = init_process(observability, "raygen-ingress")
         # DeploymentHandles, or (the default, see app.py) the same classes run in this process.
         self.pre = preprocessor if not isinstance(preprocessor, dict) else _InProcess(Preprocessor, preprocessor)
         self.post = postprocessor if not isinstance(postprocessor, dict) else \
@@ -185,6 +195,13 @@ class Ingress:
     async def chat_completions(self, request: Request):
         return await self._serve(request, "chat")
 
+    def finished_spans(self) -> list[dict]:
+        """Spans this replica's memory exporter holds (observability.tracing: memory; tests), including
+        those of the pre- and postprocessor when they run in this process."""
+        from raygen.observability.tracing import finished_spans
+
+        return finished_spans()
+
     async def text_stream(self, prompt, params: dict):
         """For Python code in the cluster (raygen.client.HandleClient, via serve.get_app_handle): text
         pieces of choice 0. No auth, rate limit or cache: those belong to the HTTP edge."""
@@ -196,11 +213,25 @@ class Ingress:
     # -- the pipeline -----------------------------------------------------------------------------------
     async def _serve(self, request: Request, kind: str):
         request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-        limit_headers: dict = {}
+        obs = RequestObserver(ROUTE_LABEL[kind], self.model_name, self.version, request_id,
+                              log_text=self.obs["log_text"], access=self.obs["access_log"],
+                              parent=dict(request.headers))
+        rid_token = logs.request_id_var.set(request_id)
+        try:
+            with trace.use_span(obs.span, end_on_exit=False):
+                return await self._serve_in_span(request, kind, request_id, obs)
+        finally:
+            logs.request_id_var.reset(rid_token)
+
+    async def _serve_in_span(self, request: Request, kind: str, request_id: str, obs: RequestObserver):
+        limit_headers: dict = {"x-trace-id": obs.trace_id} if obs.trace_id else {}
         try:
             key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            obs.key_name = key.name if key is not ANONYMOUS else "anonymous"
             body = await self._body(request)
             req = parse_request(body, ROUTES[kind])
+            if obs.log_text:
+                obs.prompt_text = json.dumps(body.get("messages") if kind == "chat" else body.get("prompt"))
             model = req.model or self.model_name
             if model not in (self.model_name, f"{self.model_name}/{self.version}"):
                 raise RequestError(f"model {req.model!r} does not exist; this server has {self.model_name!r}",
@@ -209,44 +240,64 @@ class Ingress:
             ckey = None
             if self.cached and cacheable(body) and "no-cache" not in request.headers.get("cache-control", ""):
                 ckey = cache_key(self.version, kind, body)
-                hit = self.near.get(ckey)
-                if hit is None:
-                    hit = await self.gateway.cache_get.remote(ckey)
-                    if hit is not None:
-                        self.near.put(ckey, hit)
+                with obs.child("response_cache.lookup"):
+                    hit = self.near.get(ckey)
+                    if hit is None:
+                        hit = await self.gateway.cache_get.remote(ckey)
+                        if hit is not None:
+                            self.near.put(ckey, hit)
+                obs.cache_result(hit is not None)
                 if hit is not None:
-                    return self._from_cache(kind, hit, req, request_id)
-            prompt_ids, params = await (self.pre.prepare_chat if kind == "chat" else self.pre.prepare).remote(req)
+                    obs.finish(200, hit.get("usage"))
+                    return self._from_cache(kind, hit, req, request_id, limit_headers)
+            prepare = self.pre.prepare_chat if kind == "chat" else self.pre.prepare
+            prompt_ids, params = await prepare.remote(req, trace=obs.carrier())
             reserved = len(prompt_ids) + params.max_tokens * params.n
-            decision = await self.gateway.acquire.remote(key.name if key is not ANONYMOUS else "anonymous", reserved) \
-                if self.rate_limited else None
+            decision = None
+            if self.rate_limited:
+                with obs.child("rate_limit.acquire"):
+                    decision = await self.gateway.acquire.remote(obs.key_name, reserved)
             if decision is not None:
-                limit_headers = decision.headers()
+                limit_headers.update(decision.headers())
                 if not decision.allowed:
                     why = "tokens" if reserved > decision.remaining_tokens else "requests"
                     raise RequestError(f"rate limit reached for {why} per minute; retry after "
                                        f"{limit_headers['retry-after']} s", status=429, type="rate_limit_error",
                                        code="rate_limit_exceeded")
-            deltas = self.post.options(stream=True).stream.remote(prompt_ids, params)
+            deltas = self.post.options(stream=True).stream.remote(prompt_ids, params, trace=obs.carrier())
             first = await deltas.__anext__()  # errors up to the first delta still get a status code
         except StopAsyncIteration:
             first = None
         except Exception as exc:
-            return _error(self._as_error(exc), request_id, limit_headers)
+            err = self._as_error(exc)
+            if err.code == "content_policy_violation":
+                obs.safety = "refused_input"
+            obs.finish(err.status, error=err.message)
+            return _error(err, request_id, limit_headers)
         headers = {"x-request-id": request_id, "x-raygen-model-version": self.version, **limit_headers}
         account = (key.name, reserved) if decision is not None else None
         if req.stream:
-            return StreamingResponse(self._sse(kind, request_id, req, first, deltas, ckey, account),
+            return StreamingResponse(self._sse(kind, request_id, req, first, deltas, ckey, account, obs),
                                      media_type="text/event-stream", headers=headers)
         choices: dict[int, list[Delta]] = {}
         try:
             async for d in _chain(first, deltas):
+                obs.delta(d.index, d.completion_tokens, d.text, d.prompt_tokens)
                 choices.setdefault(d.index, []).append(d)
         except Exception as exc:
-            return _error(self._as_error(exc), request_id)
+            err = self._as_error(exc)
+            obs.finish(err.status, error=err.message)
+            return _error(err, request_id, {"x-trace-id": obs.trace_id} if obs.trace_id else None)
         result = fmt.whole(kind, request_id, self.model_name, self.version, choices)
+        self._settle(obs, result)
         await self._after(result, ckey, account)
         return JSONResponse(result, headers=headers)
+
+    @staticmethod
+    def _settle(obs: RequestObserver, result: dict) -> None:
+        if any(c["finish_reason"] == "content_filter" for c in result["choices"]):
+            obs.safety = "cut_output"
+        obs.finish(200, result["usage"])
 
     async def _body(self, request: Request) -> dict:
         raw = await request.body()
@@ -265,8 +316,9 @@ class Ingress:
             self.gateway.cache_put.remote(ckey, result)
             self.near.put(ckey, result)
 
-    def _from_cache(self, kind: str, hit: dict, req, request_id: str):
-        headers = {"x-request-id": request_id, "x-raygen-model-version": self.version, "x-raygen-cache": "hit"}
+    def _from_cache(self, kind: str, hit: dict, req, request_id: str, extra: dict | None = None):
+        headers = {"x-request-id": request_id, "x-raygen-model-version": self.version, "x-raygen-cache": "hit",
+                   **(extra or {})}
         if not req.stream:
             return JSONResponse({**hit, "id": request_id}, headers=headers)
         include = bool(req.stream_options and req.stream_options.include_usage)
@@ -291,12 +343,14 @@ class Ingress:
         log.exception("completion failed")  # our fault: log it whole, tell the client it is a server error
         return RequestError(f"internal error: {exc.__class__.__name__}", status=500, type="server_error")
 
-    async def _sse(self, kind: str, request_id: str, req, first: Delta | None, deltas, ckey, account):
+    async def _sse(self, kind: str, request_id: str, req, first: Delta | None, deltas, ckey, account,
+                   obs: RequestObserver):
         choices: dict[int, list[Delta]] = {}
         offsets: dict[int, int] = {}
-        done = False
+        done, err = False, None
         try:
             async for d in _chain(first, deltas):
+                obs.delta(d.index, d.completion_tokens, d.text, d.prompt_tokens)
                 first_of_choice = d.index not in choices
                 choices.setdefault(d.index, []).append(d)
                 c = fmt.choice(kind, d.index, [d], stream=True, first=first_of_choice, offset=offsets.get(d.index, 0))
@@ -310,11 +364,16 @@ class Ingress:
         finally:
             if not done:
                 deltas.cancel()  # client gone or failure: stop generating, free the KV blocks
+                # 499: the client went away (nginx's convention); an in-band error keeps its own status
+                obs.finish(err.status if err else 499, error=err.message if err else "client disconnected")
         if choices:
             result = fmt.whole(kind, request_id, self.model_name, self.version, choices)
+            if done:
+                self._settle(obs, result)
             if req.stream_options and req.stream_options.include_usage:
                 usage = {**fmt.envelope(kind, request_id, self.model_name, self.version, [], True),
                          "usage": result["usage"]}
                 yield f"data: {json.dumps(usage)}\n\n"
             await self._after(result, ckey if done else None, account)
+        obs.finish(200)  # a stream with no choices (idempotent otherwise)
         yield "data: [DONE]\n\n"

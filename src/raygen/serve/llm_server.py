@@ -1,41 +1,80 @@
-"""LLMServer deployment: one raygen engine per replica; token ids in, per-sequence output chunks out."""
+"""LLMServer deployment: one raygen engine per replica; token ids in, per-sequence output chunks out.
+
+Observability: each request's span ("llm.generate") joins the caller's trace and gets children for its
+time in the engine (queue wait, prefill, decode) from the engine's own timestamps; the replica's gauges
+(running and waiting sequences, KV-cache use, prefix-cache hit rate) and the batch-size histogram are
+recorded when Serve polls `record_routing_stats` (every second).
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from ray import serve
 
 from raygen.engine.request import RequestOutput, SamplingParams
 from raygen.errors import RequestError
+from raygen.observability.metrics import record
+from raygen.observability.process import init_process
+from raygen.observability.requests import engine_spans
+from raygen.observability.tracing import extract, tracer
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
 class LLMServer:
-    def __init__(self, model_dir: str, engine: dict, torch_threads: int = 0):
+    def __init__(self, model_dir: str, engine: dict, torch_threads: int = 0, model_name: str = "model",
+                 observability: dict | None = None):
         """engine: the serve.engine section of the raygen config (EngineSettings, as a dict)."""
         import torch
 
         from raygen.engine.engine import AsyncLLMEngine, EngineConfig
 
+        init_process(observability, "raygen-llm")
+        self.model_name = model_name
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         mib = engine.pop("kv_cache_mib", None)
         self.engine = AsyncLLMEngine.from_config(
             EngineConfig(model_dir, kv_cache_bytes=mib * 2**20 if mib else None, **engine))
+        record("raygen_llm_replica_starts_total", model=model_name)
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[list[RequestOutput]]:
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, trace: dict | None = None
+                       ) -> AsyncIterator[list[RequestOutput]]:
         """Yields lists of deltas (one per sequence that advanced) until every sequence has finished.
-        Cancelling the call (client gone) aborts the request and frees its KV blocks."""
+        Cancelling the call (client gone) aborts the request and frees its KV blocks. trace: the caller's
+        W3C trace context."""
+        span = tracer().start_span("llm.generate", context=extract(trace),
+                                   attributes={"raygen.prompt_tokens": len(prompt_ids), "raygen.n": params.n,
+                                               "raygen.max_tokens": params.max_tokens})
         try:
-            stream = self.engine.add_request(prompt_ids, params, batched=True)
-        except ValueError as exc:  # too long for the cache, bad ids: the caller's fault
-            raise RequestError(str(exc), param="prompt") from exc
-        try:
-            async for chunk in stream:
-                yield chunk
+            try:
+                stream = self.engine.add_request(prompt_ids, params, batched=True)
+            except ValueError as exc:  # too long for the cache, bad ids: the caller's fault
+                raise RequestError(str(exc), param="prompt") from exc
+            try:
+                async for chunk in stream:
+                    for out in chunk:
+                        if out.timing is not None:
+                            self._finished(span, out)
+                    yield chunk
+            finally:
+                await stream.aclose()
+        except Exception as exc:  # not GeneratorExit or cancellation: the caller left, nothing failed
+            if not isinstance(exc, RequestError):
+                span.set_status(Status(StatusCode.ERROR, repr(exc)))
+            raise
         finally:
-            await stream.aclose()
+            span.end()
+
+    def _finished(self, span, out: RequestOutput) -> None:
+        t = out.timing
+        engine_spans(trace.set_span_in_context(span), t, out.index)
+        span.set_attribute("raygen.cached_tokens", out.num_cached_tokens)
+        if out.index == 0 and t.scheduled is not None:
+            record("raygen_queue_time_seconds", t.scheduled - t.arrival, model=self.model_name)
 
     def stats(self) -> dict:
         """Engine stats of this replica, with its Serve replica id."""
@@ -44,13 +83,27 @@ class LLMServer:
         return {"replica": serve.get_replica_context().replica_id.unique_id, **asdict(self.engine.stats())}
 
     def record_routing_stats(self) -> dict:
-        """What PrefixAwareRouter balances on (Serve polls it every request_routing_stats_period_s)."""
-        import time
-
+        """What PrefixAwareRouter balances on (Serve polls it every request_routing_stats_period_s); the
+        replica's gauges are recorded on the same beat."""
         s = self.engine.stats()
+        labels = {"model": self.model_name, "replica": serve.get_replica_context().replica_id.unique_id}
+        record("raygen_llm_replica_up", 1, **labels)
+        record("raygen_running_sequences", s.num_running, **labels)
+        record("raygen_waiting_sequences", s.num_waiting, **labels)
+        record("raygen_kv_cache_usage_ratio", s.kv_usage, **labels)
+        record("raygen_prefix_cache_hit_ratio", s.prefix_hit_rate, **labels)
+        for n in self.engine.drain_step_sizes():
+            record("raygen_batch_size", n, model=self.model_name)
         return {"load": s.num_running + s.num_waiting, "kv_usage": s.kv_usage, "at": time.time()}
+
+    def finished_spans(self) -> list[dict]:
+        """Spans this replica's memory exporter holds (observability.tracing: memory; tests)."""
+        from raygen.observability.tracing import finished_spans
+
+        return finished_spans()
 
     def __del__(self):
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+

@@ -8,10 +8,14 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from opentelemetry import trace
 from ray import serve
 
 from raygen.engine.request import SamplingParams
 from raygen.errors import RequestError
+from raygen.observability.metrics import record
+from raygen.observability.process import init_process
+from raygen.observability.tracing import extract, tracer
 from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest
 from raygen.serve.safety import SafetyFilter, hf_classifier
 
@@ -41,9 +45,12 @@ def build_safety(cfg: dict) -> SafetyFilter:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class Preprocessor:
     def __init__(self, model_dir: str, max_tokens_default: int, max_tokens_limit: int, system_prompt: str | None = None,
-                 truncation: str = "error", safety: dict | None = None, max_prompt_tokens: int | None = None):
+                 truncation: str = "error", safety: dict | None = None, max_prompt_tokens: int | None = None,
+                 model_name: str = "model", observability: dict | None = None):
         from transformers import AutoTokenizer
 
+        init_process(observability, "raygen-preprocessor")
+        self.model_name = model_name
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.chat_template = self.tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
         self.context = context_window(model_dir)
@@ -55,6 +62,12 @@ class Preprocessor:
         self.safety = build_safety(safety) if safety else None
         self.refused: Counter[str] = Counter()  # safety rule -> prompts it refused
 
+    def finished_spans(self) -> list[dict]:
+        """Spans this replica's memory exporter holds (observability.tracing: memory; tests)."""
+        from raygen.observability.tracing import finished_spans
+
+        return finished_spans()
+
     def safety_stats(self) -> dict[str, int]:
         return dict(self.refused)
 
@@ -62,11 +75,27 @@ class Preprocessor:
         v = self.safety.violation(text, "input") if self.safety else None
         if v:
             self.refused[v.rule] += 1
+            record("raygen_safety_blocks_total", model=self.model_name, rule=v.rule, side="input")
+            trace.get_current_span().add_event("safety.refused", {"rule": v.rule})
             log.warning("safety: input refused by %s", v.rule)
             raise RequestError("the prompt was refused by this server's content policy", param="prompt",
                                code="content_policy_violation")
 
-    def prepare(self, req: CompletionRequest) -> tuple[list[int], SamplingParams]:
+    def prepare(self, req: CompletionRequest, trace: dict | None = None) -> tuple[list[int], SamplingParams]:
+        """trace: the caller's W3C trace context (RequestObserver.carrier()); this hop's span joins it."""
+        with tracer().start_as_current_span("preprocess", context=extract(trace)) as span:
+            ids, params = self._prepare(req)
+            span.set_attribute("raygen.prompt_tokens", len(ids))
+            return ids, params
+
+    def prepare_chat(self, req: ChatCompletionRequest, trace: dict | None = None
+                     ) -> tuple[list[int], SamplingParams]:
+        with tracer().start_as_current_span("preprocess", context=extract(trace)) as span:
+            ids, params = self._prepare_chat(req)
+            span.set_attribute("raygen.prompt_tokens", len(ids))
+            return ids, params
+
+    def _prepare(self, req: CompletionRequest) -> tuple[list[int], SamplingParams]:
         if isinstance(req.prompt, str):
             self._check_input(req.prompt)
             ids = self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
@@ -79,7 +108,7 @@ class Preprocessor:
             self._check_input(self.tokenizer.decode(ids))
         return self._finish(ids, req, req.max_tokens)
 
-    def prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
+    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
         messages = [{"role": m.role, "content": m.content} for m in req.messages]
         if self.system_prompt and messages[0]["role"] not in ("system", "developer"):
             messages.insert(0, {"role": "system", "content": self.system_prompt})

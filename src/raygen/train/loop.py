@@ -167,7 +167,8 @@ def train_loop_per_worker(config: dict) -> None:
         _say(f"{n_params / 1e6:.2f}M params, ZeRO-{tc.zero_stage}"
              f"{' + optimizer offload' if tc.offload_optimizer else ''}, {precision}, {world} workers × "
              f"{tc.micro_batch_size} × {accum} accum × {block} tokens = {tokens_per_step} tokens/step, device "
-             f"{device}; MFU against a measured {dtype} matmul peak of {peak / 1e9:.1f} GFLOP/s "
+             f"{device} ({torch.get_num_threads()} torch threads"
+             f"{', OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] if 'OMP_WAIT_POLICY' in os.environ else ''}); MFU against a measured {dtype} matmul peak of {peak / 1e9:.1f} GFLOP/s "
              f"(all workers), {fpt / 1e6:.1f} MFLOP/token")
 
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")

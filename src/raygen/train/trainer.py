@@ -20,6 +20,7 @@ import ray
 from raygen.config import RaygenConfig
 from raygen.data.pipeline import DataStats, load_stats
 from raygen.errors import ConfigError, TrainingError
+from raygen.observability.tracing import record_spans
 
 
 @dataclass
@@ -130,7 +131,7 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
     ray.data.DataContext.get_current().enable_progress_bars = False  # rank 0 prints a progress line
     # Reading packed token shards is light: a quarter CPU per read task keeps them schedulable beside the
     # workers' reservation (and beside a Tune trial's), where a whole CPU may not be free.
-    datasets = {split: ray.data.read_parquet(str(Path(stats.output_dir, split)), ray_remote_args={"num_cpus": 0.25})
+    datasets = {split: ray.data.read_parquet(str(Path(stats.output_dir, split)), num_cpus=0.25)
                 for split in ("train", "val")}
     use_gpu = loop_config["use_gpu"]
     trainer = TorchTrainer(
@@ -150,6 +151,7 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
           f"{' from ' + cfg.model.pretrained if cfg.model.pretrained else ''}, {tc.num_workers} workers"
           f"{' (GPU)' if use_gpu else ''}, ZeRO-{tc.zero_stage}, {tc.max_steps} steps, data {stats.dataset_version}",
           flush=True)
+    t_fit = time.time()
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; keep the cause, say where to look
@@ -160,6 +162,10 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
     if not Path(ckpt, "hf").is_dir():  # remote storage: bring the final checkpoint here
         ckpt = result.checkpoint.to_directory()
     meta = json.loads(Path(ckpt, "history.json").read_text())
+    record_spans(cfg.observability, "raygen-train", "train.run", t0, time.time(), [("train.fit", t_fit, time.time())],
+                 {"raygen.run": run_name, "raygen.zero_stage": tc.zero_stage, "raygen.workers": tc.num_workers,
+                  "raygen.steps": tc.max_steps, "raygen.dataset_version": stats.dataset_version,
+                  "raygen.val_loss": result.metrics.get("val_loss"), "raygen.restarts": len(meta["resumed_from"])})
     return TrainOutcome(metrics=dict(result.metrics), checkpoint_dir=ckpt, hf_dir=str(Path(ckpt, "hf")),
                         tokenizer_dir=loop_config["tokenizer_dir"], data=stats, seconds=time.time() - t0,
                         run_name=run_name, history=meta["history"], resumed_from=meta["resumed_from"])
