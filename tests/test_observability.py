@@ -25,9 +25,14 @@ RPM = 6
 def server(trained, tiny_config, tmp_path_factory):
     from ray import serve
 
+    from raygen.registry import Registry
     from raygen.serve import app
     from raygen.workflow import wait_ready
 
+    # A model name of its own: the shared cluster's metrics also hold earlier modules' traffic.
+    outcome = trained[1]
+    version = Registry(tiny_config.registry.root).register("obsdemo", outcome.hf_dir, outcome.tokenizer_dir,
+                                                           {"source": "test_observability"})
     keys = tmp_path_factory.mktemp("obs_keys") / "keys.txt"
     keys.write_text(f"main:{KEY}\nburst:{BURST}\n")
     cfg = tiny_config.model_copy(deep=True)
@@ -35,7 +40,7 @@ def server(trained, tiny_config, tmp_path_factory):
     cfg.serve.rate_limit.requests_per_minute = RPM
     cfg.serve.safety.blocklist = ["zebra unicorn"]
     cfg.serve.split_processing = True  # pre/postprocessor in their own processes: the trace must cross them
-    cfg.serve.version = trained[2]
+    cfg.registry.name, cfg.serve.version = "obsdemo", version
     cfg.observability.tracing = "memory"
     url = app.run(cfg)
     wait_ready(url)
@@ -142,8 +147,9 @@ def test_metrics_endpoint_shows_request_engine_cache_rate_limit_and_safety_metri
     while time.time() < deadline:  # Ray's metrics agent exports every few seconds
         text = scrape()
         if all(series(text, n) for n in want) and \
-                {"hit", "miss"} <= {s["result"] for s in series(text, "ray_raygen_response_cache_total")} and \
-                "429" in {s["status"] for s in series(text, "ray_raygen_requests_total")}:
+                {"hit", "miss"} <= {s["result"] for s in series(text, "ray_raygen_response_cache_total")
+                                    if s["model"] == model} and \
+                "429" in {s["status"] for s in series(text, "ray_raygen_requests_total") if s["model"] == model}:
             break
         time.sleep(2)
     raygen_labels = {label for d in METRICS.values() for label in d.labels} | {"le"}
@@ -153,11 +159,10 @@ def test_metrics_endpoint_shows_request_engine_cache_rate_limit_and_safety_metri
         # Ours exactly as defined; the rest are what Ray adds to every series (node, session, worker...).
         assert all(set(s) & raygen_labels == labels for s in got), (name, got[:2])
         assert not any({"key", "api_key", "prompt", "user", "request_id"} & set(s) for s in got)
-    reqs = series(text, "ray_raygen_requests_total")
+    reqs = [s for s in series(text, "ray_raygen_requests_total") if s["model"] == model]
     assert {("completions", "200"), ("completions", "400"), ("completions", "429")} <= \
         {(s["route"], s["status"]) for s in reqs}
-    assert all(s["model"] == model for s in reqs)
-    blocks = series(text, "ray_raygen_safety_blocks_total")
+    blocks = [s for s in series(text, "ray_raygen_safety_blocks_total") if s["model"] == model]
     assert {(s["rule"], s["side"]) for s in blocks} == {("blocklist:zebra unicorn", "input")}
     assert KEY not in text and BURST not in text and "burst 0" not in text and "The replicas" not in text
 

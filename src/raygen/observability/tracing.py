@@ -27,11 +27,17 @@ _state: dict = {"exporter": None, "memory": None, "provider": None}
 
 
 def setup(exporter: str = "none", service: str = "raygen", otlp_endpoint: str | None = None) -> None:
-    """Install this process's tracer provider (idempotent: the first call wins, later ones must agree)."""
+    """Install this process's tracer provider. The first call wins, except that "memory" can join later (a
+    test process whose driver code already set up another exporter): its exporter is added to the provider."""
     if exporter not in EXPORTERS:
         raise ConfigError(f"tracing exporter {exporter!r}: use one of {', '.join(EXPORTERS)}")
     with _lock:
         if _state["exporter"] is not None:
+            if exporter == "memory" and _state["memory"] is None:
+                if _state["provider"] is None:  # it was "off": no provider was ever set, so one can be now
+                    _install(TracerProvider(resource=Resource.create({"service.name": service})), "memory")
+                _state["memory"] = InMemorySpanExporter()
+                _state["provider"].add_span_processor(SimpleSpanProcessor(_state["memory"]))
             return
         if exporter == "off":
             _state["exporter"] = "off"
@@ -46,11 +52,15 @@ def setup(exporter: str = "none", service: str = "raygen", otlp_endpoint: str | 
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             except ImportError as exc:
-                raise ConfigError("tracing exporter otlp needs `pip install opentelemetry-exporter-otlp-proto-http`"
-                                  ) from exc
+                raise ConfigError("tracing exporter otlp needs `pip install -e .[otlp]` "
+                                  "(opentelemetry-exporter-otlp-proto-http)") from exc
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
-        trace.set_tracer_provider(provider)
-        _state.update(exporter=exporter, provider=provider)
+        _install(provider, exporter)
+
+
+def _install(provider: TracerProvider, exporter: str) -> None:
+    trace.set_tracer_provider(provider)
+    _state.update(exporter=exporter, provider=provider)
 
 
 def tracer(name: str = "raygen"):
