@@ -10,7 +10,7 @@ Parquet shards. Optimizer and schedule the same: AdamW (betas 0.9/0.95, weight d
 lr 1e-3, 20 warmup steps, cosine to 10%, clipping at 1.0, global batch 16 sequences (4,096 tokens) per step.
 
 Systems, each in its own subprocess so neither sees the other's threads or memory:
-  raygen  `raygen.train.trainer.train`: TorchTrainer, 2 workers × 1 torch thread, ZeRO-2 (gloo), micro-batch 8,
+  raygen  `raygen.train.trainer.train`: TorchTrainer, 2 workers × --threads torch threads (2), ZeRO-2 (gloo), micro-batch 8,
           data streamed through Ray Data; tokens/s from the loop's own progress lines (after step 5).
   plain   nanoGPT-style: one process, torch threads = all cores, the shards loaded into one tensor and batches
           of 16 drawn at random, the same model class and optimizer; tokens/s after step 5.
