@@ -586,21 +586,20 @@ def main() -> None:
         return client_main(args.client)
     if args.observability:
         res = bench_observability(args)
-        OUT.mkdir(parents=True, exist_ok=True)
-        stem = "serve_obs_quick" if args.quick else "serve_obs"
-        (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
-        text = report_observability(res)
-        (OUT / f"{stem}.md").write_text(text + "\n")
-        print("\n" + text + f"\n\nwritten: {OUT}/{stem}.{{json,md}}")
+        _write("serve_obs_quick" if args.quick else "serve_obs", res, report_observability(res))
         return
     res = bench(args)
+    _write("serve_bench_quick" if args.quick else "serve_bench", res, report(res), plot)
+
+
+def _write(stem: str, res: dict, text: str, plot_fn=None) -> None:
+    """Results as JSON, the report as Markdown (and a PNG when there is a plot), under benchmarks/results/serve/."""
     OUT.mkdir(parents=True, exist_ok=True)
-    stem = "serve_bench_quick" if args.quick else "serve_bench"
     (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
-    text = report(res)
     (OUT / f"{stem}.md").write_text(text + "\n")
-    plot(res, OUT / f"{stem}.png")
-    print("\n" + text + f"\n\nwritten: {OUT}/{stem}.{{json,md,png}}")
+    if plot_fn:
+        plot_fn(res, OUT / f"{stem}.png")
+    print("\n" + text + f"\n\nwritten: {OUT}/{stem}.{{json,md{',png' if plot_fn else ''}}}")
 
 
 if __name__ == "__main__":

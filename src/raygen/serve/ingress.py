@@ -25,6 +25,7 @@ from raygen.errors import RequestError, as_request_error
 from raygen.observability import logs  # (its request_id_var by attribute: route functions get pickled)
 from raygen.observability.process import init_process
 from raygen.observability.requests import RequestObserver
+from raygen.observability.tracing import SpanSource
 from raygen.serve import openai_format as fmt
 from raygen.serve.auth import ANONYMOUS, KeyStore
 from raygen.serve.cache import cache_key, cacheable
@@ -130,7 +131,7 @@ class _LocalStream:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
-class Ingress:
+class Ingress(SpanSource):
     def __init__(self, preprocessor, postprocessor, gateway, llm, model_name: str, version: str, max_body_bytes: int,
                  auth: dict | None = None, rate_limited: bool = True, cached: bool = True, near_cache_s: float = 1.0,
                  observability: dict | None = None):
@@ -195,12 +196,6 @@ class Ingress:
     async def chat_completions(self, request: Request):
         return await self._serve(request, "chat")
 
-    def finished_spans(self) -> list[dict]:
-        """Spans this replica's memory exporter holds (observability.tracing: memory; tests), including
-        those of the pre- and postprocessor when they run in this process."""
-        from raygen.observability.tracing import finished_spans
-
-        return finished_spans()
 
     async def text_stream(self, prompt, params: dict):
         """For Python code in the cluster (raygen.client.HandleClient, via serve.get_app_handle): text

@@ -21,11 +21,11 @@ from raygen.errors import RequestError
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.requests import engine_spans
-from raygen.observability.tracing import extract, tracer
+from raygen.observability.tracing import SpanSource, extract, tracer
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
-class LLMServer:
+class LLMServer(SpanSource):
     def __init__(self, model_dir: str, engine: dict, torch_threads: int = 0, model_name: str = "model",
                  observability: dict | None = None):
         """engine: the serve.engine section of the raygen config (EngineSettings, as a dict)."""
@@ -96,11 +96,6 @@ class LLMServer:
             record("raygen_batch_size", n, model=self.model_name)
         return {"load": s.num_running + s.num_waiting, "kv_usage": s.kv_usage, "at": time.time()}
 
-    def finished_spans(self) -> list[dict]:
-        """Spans this replica's memory exporter holds (observability.tracing: memory; tests)."""
-        from raygen.observability.tracing import finished_spans
-
-        return finished_spans()
 
     def __del__(self):
         engine = getattr(self, "engine", None)

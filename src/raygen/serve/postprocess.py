@@ -16,7 +16,7 @@ from ray import serve
 from raygen.engine.request import RequestOutput, SamplingParams
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
-from raygen.observability.tracing import extract, inject, tracer
+from raygen.observability.tracing import SpanSource, extract, inject, tracer
 from raygen.serve.preprocess import build_safety
 from raygen.serve.protocol import Delta
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
-class Postprocessor:
+class Postprocessor(SpanSource):
     def __init__(self, llm, model_dir: str, safety: dict | None = None, model_name: str = "model",
                  observability: dict | None = None):
         from transformers import AutoTokenizer
@@ -36,11 +36,6 @@ class Postprocessor:
         self.safety = build_safety(safety) if safety else None
         self.blocked: Counter[str] = Counter()  # safety rule -> outputs it cut
 
-    def finished_spans(self) -> list[dict]:
-        """Spans this replica's memory exporter holds (observability.tracing: memory; tests)."""
-        from raygen.observability.tracing import finished_spans
-
-        return finished_spans()
 
     def safety_stats(self) -> dict[str, int]:
         return dict(self.blocked)

@@ -15,7 +15,7 @@ from raygen.engine.request import SamplingParams
 from raygen.errors import RequestError
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
-from raygen.observability.tracing import extract, tracer
+from raygen.observability.tracing import SpanSource, extract, tracer
 from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest
 from raygen.serve.safety import SafetyFilter, hf_classifier
 
@@ -43,7 +43,7 @@ def build_safety(cfg: dict) -> SafetyFilter:
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
-class Preprocessor:
+class Preprocessor(SpanSource):
     def __init__(self, model_dir: str, max_tokens_default: int, max_tokens_limit: int, system_prompt: str | None = None,
                  truncation: str = "error", safety: dict | None = None, max_prompt_tokens: int | None = None,
                  model_name: str = "model", observability: dict | None = None):
@@ -62,11 +62,6 @@ class Preprocessor:
         self.safety = build_safety(safety) if safety else None
         self.refused: Counter[str] = Counter()  # safety rule -> prompts it refused
 
-    def finished_spans(self) -> list[dict]:
-        """Spans this replica's memory exporter holds (observability.tracing: memory; tests)."""
-        from raygen.observability.tracing import finished_spans
-
-        return finished_spans()
 
     def safety_stats(self) -> dict[str, int]:
         return dict(self.refused)
