@@ -11,9 +11,10 @@ lr 1e-3, 20 warmup steps, cosine to 10%, clipping at 1.0, global batch 16 sequen
 
 Systems, each in its own subprocess so neither sees the other's threads or memory:
   raygen  `raygen.train.trainer.train`: TorchTrainer, 2 workers × --threads torch threads (2), ZeRO-2 (gloo), micro-batch 8,
-          data streamed through Ray Data; tokens/s from the loop's own progress lines (after step 5).
+          data streamed through Ray Data; tokens/s from the loop's own progress lines (steps after 5: their
+          tokens over their time).
   plain   nanoGPT-style: one process, torch threads = all cores, the shards loaded into one tensor and batches
-          of 16 drawn at random, the same model class and optimizer; tokens/s after step 5.
+          of 16 drawn at random, the same model class and optimizer; tokens/s the same way.
 
 Phase 1, throughput: --steps steps per system per precision (fp32; bf16 autocast over fp32 master weights), for
 --rounds rounds that alternate which system goes first; each system's median rate is compared.
@@ -83,7 +84,8 @@ def worker_raygen(a) -> dict:
     wall = time.time() - t0
     ray.shutdown()
     h = [x for x in out.history if "tokens_per_s" in x and x["step"] > 5]
-    tok_s = sum(x["tokens_per_s"] for x in h) / len(h) if h else out.metrics["tokens_per_s"]
+    # Every step moves the same tokens: their total over their total time is the harmonic mean of the rates.
+    tok_s = len(h) / sum(1 / x["tokens_per_s"] for x in h) if h else out.metrics["tokens_per_s"]
     return {"tokens_per_s": tok_s, "val_loss": out.metrics["val_loss"], "wall": wall, "steps": a.steps,
             "loss_curve": [(x["step"], x["loss"]) for x in out.history if "loss" in x]}
 
@@ -138,7 +140,7 @@ def worker_plain(a) -> dict:
             with (torch.autocast("cpu", dtype=torch.bfloat16) if a.precision == "bf16" else torch.no_grad()):
                 total += model(input_ids=ids, labels=ids).loss.item() * ids.numel()
             n += ids.numel()
-    return {"tokens_per_s": sum(rates) / len(rates) if rates else float("nan"), "val_loss": total / n,
+    return {"tokens_per_s": len(rates) / sum(1 / r for r in rates) if rates else float("nan"), "val_loss": total / n,
             "wall": time.time() - t0, "steps": a.steps, "loss_curve": curve}
 
 

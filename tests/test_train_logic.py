@@ -133,3 +133,21 @@ def test_model_card_and_loss_curve():
                         "hardware": hardware(), "wall_seconds": 12.5, "metrics": {"val_loss": 4.2, "step": 10}})
     assert "# m v2" in md and "| dataset version | abc |" in md and "| val loss | 4.2 |" in md
     assert "CPUs" in hardware()
+
+
+def test_train_stream_holds_the_epochs_a_run_needs_in_seeded_shard_orders():
+    from raygen.train.trainer import MAX_EPOCHS_PER_STREAM, epochs_per_stream, shard_order
+
+    # 40 steps × 16 sequences over 359 blocks: 640 rows = 2 epochs, plus one for the dropped tails.
+    assert epochs_per_stream(40, 16, 359) == 3
+    assert epochs_per_stream(1, 16, 10_000) == 2  # a large split: one epoch and the spare
+    assert epochs_per_stream(10**6, 16, 359) == MAX_EPOCHS_PER_STREAM  # the loop starts another stream after
+    with pytest.raises(ValueError, match="no blocks"):
+        epochs_per_stream(10, 16, 0)
+
+    files = [f"s{i}.parquet" for i in range(5)]
+    order = shard_order(files, 3, seed=0)
+    epochs = [order[i:i + 5] for i in range(0, 15, 5)]
+    assert all(sorted(e) == files for e in epochs)  # every shard once per epoch
+    assert len({tuple(e) for e in epochs}) > 1  # not the same order every epoch
+    assert shard_order(files, 3, seed=0) == order and shard_order(files, 3, seed=1) != order

@@ -9,7 +9,9 @@ compute the val loss and report it to Ray Train, with a DeepSpeed checkpoint eve
 Reports are a barrier through the controller (~1 s here), so they happen only at evals. A checkpoint holds
 the sharded DeepSpeed state (deepspeed/), the step history (history.json) and, at the end, the consolidated
 Hugging Face model (hf/). A restarted worker group resumes from the latest checkpoint: weights, optimizer,
-lr schedule, step and history; the data order of the resumed epoch is re-seeded by the step.
+lr schedule, step and history; the data order of the resumed stream is re-seeded by the step. The train
+split arrives as one stream of several epochs (trainer.epochs_per_stream); when it runs dry the loop starts
+another.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def train_loop_per_worker(config: dict) -> None:
     t_start = time.time()
     mark = (step, time.time())  # (step, time) of the last progress line: throughput between lines
     loss_sum = torch.zeros((), device=device)  # this rank's micro-batch losses since the last line
-    micro, epoch = 0, 0
+    micro, streams = 0, 0
 
     def finish_step(metrics: dict) -> None:
         """Eval, report and checkpoint at this step as the schedule says (all ranks together)."""
@@ -206,8 +208,8 @@ def train_loop_per_worker(config: dict) -> None:
     while step < tc.max_steps:
         batches = train_shard.iter_torch_batches(
             batch_size=tc.micro_batch_size, dtypes=torch.long, device=device, drop_last=True,
-            local_shuffle_buffer_size=256, local_shuffle_seed=tc.seed + 7919 * step + epoch)
-        epoch += 1
+            local_shuffle_buffer_size=256, local_shuffle_seed=tc.seed + 7919 * step + streams)
+        streams += 1
         got_batch = False
         for batch in batches:
             got_batch = True
