@@ -136,7 +136,7 @@ def test_model_card_and_loss_curve():
 
 
 def test_train_stream_holds_the_epochs_a_run_needs_in_seeded_shard_orders():
-    from raygen.train.trainer import MAX_EPOCHS_PER_STREAM, epochs_per_stream, shard_order
+    from raygen.train.trainer import MAX_EPOCHS_PER_STREAM, epochs_per_stream, shard_reads
 
     # 40 steps × 16 sequences over 359 blocks: 640 rows = 2 epochs, plus one for the dropped tails.
     assert epochs_per_stream(40, 16, 359) == 3
@@ -146,8 +146,22 @@ def test_train_stream_holds_the_epochs_a_run_needs_in_seeded_shard_orders():
         epochs_per_stream(10, 16, 0)
 
     files = [f"s{i}.parquet" for i in range(5)]
-    order = shard_order(files, 3, seed=0)
-    epochs = [order[i:i + 5] for i in range(0, 15, 5)]
+    reads = shard_reads(files, 3, seed=0)
+    epochs = [[r["path"] for r in reads[i:i + 5]] for i in range(0, 15, 5)]
     assert all(sorted(e) == files for e in epochs)  # every shard once per epoch
     assert len({tuple(e) for e in epochs}) > 1  # not the same order every epoch
-    assert shard_order(files, 3, seed=0) == order and shard_order(files, 3, seed=1) != order
+    assert len({r["seed"] for r in reads}) == 15  # every read orders its shard's rows its own way
+    assert shard_reads(files, 3, seed=0) == reads and shard_reads(files, 3, seed=1) != reads
+
+
+def test_a_shard_read_returns_every_row_once_in_its_seeds_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raygen.train.trainer import _read_shards
+
+    pq.write_table(pa.table({"input_ids": [[i, i] for i in range(50)]}), tmp_path / "a.parquet")
+    batch = pa.table({"path": [str(tmp_path / "a.parquet")], "seed": [7]})
+    rows = [r[0] for r in _read_shards(batch).column("input_ids").to_pylist()]
+    assert sorted(rows) == list(range(50)) and rows != list(range(50))
+    assert rows == [r[0] for r in _read_shards(batch).column("input_ids").to_pylist()]

@@ -208,7 +208,9 @@ def train_loop_per_worker(config: dict) -> None:
     while step < tc.max_steps:
         batches = train_shard.iter_torch_batches(
             batch_size=tc.micro_batch_size, dtypes=torch.long, device=device, drop_last=True,
-            local_shuffle_buffer_size=256, local_shuffle_seed=tc.seed + 7919 * step + streams)
+            # Seeded per rank: Ray Data hands whole blocks to the workers, and a shard can come to two
+            # workers in one stream (as two of its epochs); the same seed would give them the same batches.
+            local_shuffle_buffer_size=256, local_shuffle_seed=tc.seed + 7919 * step + 104729 * rank + streams)
         streams += 1
         got_batch = False
         for batch in batches:

@@ -54,27 +54,35 @@ def epochs_per_stream(max_steps: int, sequences_per_step: int, train_blocks: int
     return max(1, min(need + 1, MAX_EPOCHS_PER_STREAM))
 
 
-def shard_order(files: list[str], epochs: int, seed: int) -> list[str]:
-    """Every shard once per epoch, each epoch in its own order, reproducible from the seed."""
+def shard_reads(files: list[str], epochs: int, seed: int) -> list[dict]:
+    """The reads of one train stream: every shard once per epoch, each epoch in its own shard order, and each
+    read with its own seed for the order of the shard's rows. Reproducible from the seed."""
     rng = random.Random(seed)
-    return [path for _ in range(epochs) for path in rng.sample(files, len(files))]
+    return [{"path": path, "seed": rng.getrandbits(63)} for _ in range(epochs) for path in rng.sample(files, len(files))]
 
 
 def _read_shards(batch):
-    """Ray Data map_batches: one row per shard path in, that shard's rows out."""
+    """Ray Data map_batches: (shard path, seed) rows in, that shard's rows out in the seed's order."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pa.concat_tables([pq.read_table(path) for path in batch["path"].to_pylist()])
+    tables = [pq.read_table(path) for path in batch["path"].to_pylist()]
+    orders = [np.random.default_rng(seed).permutation(t.num_rows) for t, seed in zip(tables, batch["seed"].to_pylist(), strict=True)]
+    return pa.concat_tables([t.take(order) for t, order in zip(tables, orders, strict=True)])
 
 
 def _train_stream(split_dir: Path, epochs: int, seed: int):
-    """The train split as one Ray Data stream of `epochs` passes, each over the shards in its own seeded order.
-    Each read task reads one shard, so the split is never loaded whole. One stream instead of one per epoch:
-    a new iteration of a stream restarts Ray Data's executor, ~5 s per epoch on a busy 2-core machine (the
-    workers' local shuffle buffer still mixes rows within and across shards)."""
-    order = shard_order(sorted(str(f) for f in split_dir.glob("*.parquet")), epochs, seed)
-    return ray.data.from_items([{"path": p} for p in order], override_num_blocks=len(order)).map_batches(
+    """The train split as one Ray Data stream of `epochs` passes over its shards (shard_reads).
+
+    One read task per shard, so the split is never loaded whole. Ray Data hands whole blocks (here: shards) to
+    the workers as they ask, so a shard's two epochs can go to two workers at once: each read shuffles its
+    shard's rows with its own seed (and each worker's local shuffle buffer has its own), so they never train on
+    the same batches. The data stage writes blocks in corpus order; the shuffles keep a step's batch from
+    being one stretch of the corpus. One stream instead of one per epoch: a new iteration of a stream restarts
+    Ray Data's executor, ~5 s per epoch on a busy 2-core machine."""
+    reads = shard_reads(sorted(str(f) for f in split_dir.glob("*.parquet")), epochs, seed)
+    return ray.data.from_items(reads, override_num_blocks=len(reads)).map_batches(
         _read_shards, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
 
 
