@@ -23,7 +23,8 @@ all cores in the same dtype (2048² GEMM). Target: raygen ≥ 0.85× plain token
 Phase 2, a fixed budget (--budget-s, default 600 s of wall time): each system runs at its faster precision for as
 many steps as fit the budget by its phase-1 run (the cosine schedule needs the step count up front, as in nanoGPT):
 the run's fixed cost (start-up, final eval, export) once, the rest at its phase-1 rate. Then its val loss is
-compared. raygen's fixed cost includes Ray Train's workers and DeepSpeed's init, so it pays for its machinery. Results go to benchmarks/results/train/ (JSON, Markdown, PNG).
+compared. raygen's fixed cost includes Ray Train's workers and DeepSpeed's init, so it pays for its machinery.
+Results go to benchmarks/results/train/ (JSON, Markdown, PNG).
 """
 
 from __future__ import annotations

@@ -67,9 +67,11 @@ def _read_shards(batch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(path) for path in batch["path"].to_pylist()]
-    orders = [np.random.default_rng(seed).permutation(t.num_rows) for t, seed in zip(tables, batch["seed"].to_pylist(), strict=True)]
-    return pa.concat_tables([t.take(order) for t, order in zip(tables, orders, strict=True)])
+    shuffled = []
+    for path, seed in zip(batch["path"].to_pylist(), batch["seed"].to_pylist(), strict=True):
+        table = pq.read_table(path)
+        shuffled.append(table.take(np.random.default_rng(seed).permutation(table.num_rows)))
+    return pa.concat_tables(shuffled)
 
 
 def _train_stream(split_dir: Path, epochs: int, seed: int):
@@ -77,8 +79,8 @@ def _train_stream(split_dir: Path, epochs: int, seed: int):
 
     One read task per shard, so the split is never loaded whole. Ray Data hands whole blocks (here: shards) to
     the workers as they ask, so a shard's two epochs can go to two workers at once: each read shuffles its
-    shard's rows with its own seed (and each worker's local shuffle buffer has its own), so they never train on
-    the same batches. The data stage writes blocks in corpus order; the shuffles keep a step's batch from
+    shard's rows with its own seed (and each worker's local shuffle buffer has its own), so they do not train
+    on the same batches. The data stage writes blocks in corpus order; the shuffles keep a step's batch from
     being one stretch of the corpus. One stream instead of one per epoch: a new iteration of a stream restarts
     Ray Data's executor, ~5 s per epoch on a busy 2-core machine."""
     reads = shard_reads(sorted(str(f) for f in split_dir.glob("*.parquet")), epochs, seed)
