@@ -36,6 +36,9 @@ def ray_cluster(tmp_path_factory):
 
     env = serve_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     env.pop("RAY_ADDRESS", None)
+    # A machine that never ran Ray has no token: create ~/.ray/auth_token (only if none exists), as Ray says to.
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], check=True, env=env, capture_output=True,
+                   timeout=60)
     subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={port}",
                     "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dash}", "--disable-usage-stats"],

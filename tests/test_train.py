@@ -133,6 +133,35 @@ def test_export_reproduces_the_training_val_loss_and_carries_its_card(trained, t
     assert (d / "loss_curve.png").read_bytes()[:4] == b"\x89PNG" and "dataset version" in (d / "README.md").read_text()
 
 
+@pytest.mark.parametrize("stage", [0, 3])
+def test_bf16_exports_the_fp32_master_weights(trained, tiny_config, tmp_path, stage):
+    """DeepSpeed bf16 computes with bf16 copies; the export is the optimizer's fp32 masters (gathered from
+    the ranks' partitions under ZeRO-3, from the unfused bf16 optimizer's copies under ZeRO-0): fp32 on
+    disk and in the config, with bits a bf16 weight cannot hold, and it reproduces the bf16 val loss."""
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from raygen.train.trainer import train
+
+    stats = trained[0]
+    outcome = train(_cfg(tiny_config, tmp_path, "train.max_steps=6", "train.log_every=2", "train.eval_every=6",
+                         "train.precision=bf16", f"train.zero_stage={stage}", f"train.run_name=bf16z{stage}"))
+    assert outcome.metrics["precision"] == "bf16"
+    weights = load_file(Path(outcome.hf_dir, "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    matrices = [w for w in weights.values() if w.ndim == 2]
+    assert all((w != w.bfloat16().float()).any() for w in matrices)  # not bf16 weights widened
+    assert json.loads(Path(outcome.hf_dir, "config.json").read_text())["dtype"] == "float32"
+    model = AutoModelForCausalLM.from_pretrained(outcome.hf_dir).eval()
+    assert model.dtype == torch.float32
+    ids = torch.tensor(pq.read_table(Path(stats.output_dir, "val")).column("input_ids").to_pylist(), dtype=torch.long)
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss.item()
+    assert abs(loss - outcome.metrics["val_loss"]) < 2e-2, (loss, outcome.metrics)
+
+
 def test_bad_configs_fail_before_any_worker_starts(trained, tiny_config, tmp_path):
     import shutil
 

@@ -140,8 +140,10 @@ class TrainConfig(_Model):
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them.")
     zero_stage: int = Field(2, description="DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3.")
     offload_optimizer: bool = Field(False, description="ZeRO-1/2/3: optimizer state and step on the CPU.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast with fp32 master weights, or fp32. auto: bf16 on GPUs that support "
+    precision: Literal["auto", "fp32", "bf16", "bf16-autocast"] = Field(
+        "auto", description="bf16: DeepSpeed's bf16 (bf16 weights, activations, gradients and communication; "
+                            "fp32 master weights and optimizer state). bf16-autocast: torch autocast over fp32 "
+                            "weights (fp32 gradients and communication). fp32. auto: bf16 on GPUs that support "
                             "it; on CPU, bf16 only when a measured bf16 matmul beats fp32 by 1.3x.")
     micro_batch_size: int = Field(16, ge=1, description="Sequences per worker per forward/backward.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (ignored when "

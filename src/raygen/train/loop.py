@@ -74,11 +74,32 @@ def _grad_norm(engine, zero_stage: int) -> float:
     """The global gradient norm of the step just taken (before clipping)."""
     import torch
 
-    if zero_stage == 0:  # DeepSpeed keeps no norm without a ZeRO optimizer: the grads are all-reduced already
+    if zero_stage == 0 and not engine.bfloat16_enabled():
+        # DeepSpeed keeps no norm without a ZeRO or bf16 optimizer: the grads are all-reduced already
         grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else float("nan")
     norm = engine.get_global_grad_norm()
     return float(norm) if norm is not None else float("nan")
+
+
+def _fp32_state_dict(engine, zero_stage: int, rank: int) -> dict | None:
+    """Under DeepSpeed bf16: the consolidated fp32 master weights for the export, on rank 0 (a collective:
+    every rank calls it). The bf16 copies the model computes with would lose the low bits of every weight."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    if zero_stage == 0:  # DeepSpeed's unfused bf16 optimizer keeps a whole fp32 copy of every parameter
+        opt = engine.optimizer
+        master = {id(lp): hp for lps, hps in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
+                  for lp, hp in zip(lps, hps, strict=True)}
+        full = lambda p: master[id(p)]  # noqa: E731
+    else:  # ZeRO-1/2/3: each rank holds a partition; gathered parameter by parameter
+        full = safe_get_full_fp32_param
+    by_id = {id(p): full(p).detach().float().cpu() for p in engine.module.parameters()}  # same order on all ranks
+    if rank != 0:
+        return None
+    # Tied names (lm_head = wte) map to the same tensor, so save_pretrained still sees them as tied.
+    state = {n: by_id[id(p)] for n, p in engine.module.named_parameters(remove_duplicate=False)}
+    return state | {k: v for k, v in engine.module.state_dict().items() if k not in state}  # buffers
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -119,13 +140,13 @@ def train_loop_per_worker(config: dict) -> None:
             fp32, bf16 = _all_reduce([measure_matmul_peak(torch.float32, device, 1024),
                                       measure_matmul_peak(torch.bfloat16, device, 1024)], device)
             precision = "bf16" if bf16 >= 1.3 * fp32 else "fp32"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     peak = _all_reduce([measure_matmul_peak(dtype, device)], device, op="sum")[0]  # FLOP/s of all workers
     fpt = flops_per_token(model, block)
     n_params = num_params(model)  # before ZeRO-3 partitions the parameters away
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-autocast" else nullcontext()
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and norm gains
@@ -145,7 +166,9 @@ def train_loop_per_worker(config: dict) -> None:
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch AdamW: avoids JIT-building DeepSpeed's FusedAdam
         "zero_force_ds_cpu_optimizer": False,  # offload with the torch optimizer (no DeepSpeedCPUAdam build)
-        "bf16": {"enabled": False},  # bf16 is autocast over fp32 master weights (same on CPU and GPU)
+        # DeepSpeed's bf16: bf16 weights and gradients (half the casts, memory traffic and communication of
+        # autocast), fp32 master weights in the optimizer. bf16-autocast runs fp32 DeepSpeed under autocast.
+        "bf16": {"enabled": precision == "bf16"},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
@@ -195,12 +218,19 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(os.path.join(tmp, "deepspeed"), tag=f"step{step}",
                                    client_state={"step": step})  # collective; each rank writes its shards
-            # Consolidated Hugging Face weights at the end: under ZeRO-3 parameters are gathered (collective).
-            state = engine._zero3_consolidated_16bit_state_dict() if last and tc.zero_stage == 3 else None
+            # Consolidated Hugging Face weights at the end, in fp32 (collectives: ZeRO-3 and bf16 gather them).
+            state = None
+            if last and precision == "bf16":
+                state = _fp32_state_dict(engine, tc.zero_stage, rank)
+            elif last and tc.zero_stage == 3:
+                state = engine._zero3_consolidated_16bit_state_dict()
             if rank == 0:
                 Path(tmp, "history.json").write_text(json.dumps({"history": history, "resumed_from": resumed_from}))
                 if last:
                     engine.module.save_pretrained(Path(tmp, "hf"), state_dict=state, safe_serialization=True)
+                    if precision == "bf16":  # save_pretrained records the bf16 model's dtype; the weights are fp32
+                        engine.module.config.dtype = "float32"
+                        engine.module.config.save_pretrained(Path(tmp, "hf"))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_step{step:06d}")
 
