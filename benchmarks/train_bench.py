@@ -16,8 +16,11 @@ Systems, each in its own subprocess so neither sees the other's threads or memor
   plain   nanoGPT-style: one process, torch threads = all cores, the shards loaded into one tensor and batches
           of 16 drawn at random, the same model class and optimizer; tokens/s the same way.
 
-Phase 1, throughput: --steps steps per system per precision (fp32; bf16 autocast over fp32 master weights), for
---rounds rounds that alternate which system goes first; each system's median rate is compared.
+Phase 1, throughput: --steps steps per system per precision, for --rounds rounds that alternate which system goes
+first; each system's median rate is compared. Precisions: fp32, and bf16 as each system does it by default:
+raygen DeepSpeed's bf16 (bf16 weights, gradients and communication, fp32 master weights in the optimizer), the
+plain loop autocast over fp32 weights (nanoGPT's recipe). raygen also runs bf16-autocast, the plain loop's recipe,
+so the table shows how much of the bf16 ratio is the recipe and how much the machinery.
 MFU = tokens/s × model FLOPs per token (raygen.train.flops: 6N + 12·L·H·T) ÷ a matmul peak measured here with
 all cores in the same dtype (2048² GEMM). Target: raygen ≥ 0.85× plain tokens/s.
 Phase 2, a fixed budget (--budget-s, default 600 s of wall time): each system runs at its faster precision for as
@@ -248,18 +251,21 @@ def main() -> None:
                    "params": sum(p.numel() for p in model.parameters()), "data": data, "steps": args.steps,
                    "budget_s": args.budget_s, "rounds": args.rounds, "throughput": {}, "budget": {}}
         runs: dict = {(prec, system): [] for prec in ("fp32", "bf16") for system in ("raygen", "plain")}
+        runs["bf16-autocast", "raygen"] = []
         for rnd in range(args.rounds):
-            for prec in ("fp32", "bf16"):
+            for prec in ("fp32", "bf16", "bf16-autocast"):
                 for system in ("raygen", "plain")[::1 if rnd % 2 == 0 else -1]:
-                    runs[prec, system].append(spawn(system, args, tmp, precision=prec, steps=args.steps))
+                    if (prec, system) in runs:
+                        runs[prec, system].append(spawn(system, args, tmp, precision=prec, steps=args.steps))
         for (prec, system), rs in runs.items():
             rates = sorted(r["tokens_per_s"] for r in rs)
             r = next(x for x in rs if x["tokens_per_s"] == rates[(len(rates) - 1) // 2]) | {
                 "tokens_per_s": statistics.median(rates), "rounds_tokens_per_s": [x["tokens_per_s"] for x in rs]}
-            r["mfu"] = r["tokens_per_s"] * fpt / peaks[prec]
+            r["mfu"] = r["tokens_per_s"] * fpt / peaks["fp32" if prec == "fp32" else "bf16"]
             results["throughput"].setdefault(prec, {})[system] = r
         for system in ("raygen", "plain"):
-            prec = max(("fp32", "bf16"), key=lambda p: results["throughput"][p][system]["tokens_per_s"])
+            prec = max(results["throughput"], key=lambda p: results["throughput"][p].get(system, {}).get(
+                "tokens_per_s", 0))
             r1 = results["throughput"][prec][system]
             steps = budget_steps(args.budget_s, r1["tokens_per_s"], r1["wall"], r1["steps"])
             r = spawn(system, args, tmp, precision=prec, steps=steps)
@@ -282,7 +288,14 @@ def report(results: dict) -> None:
         per_round = " / ".join(f"{a:.0f}:{b:.0f}" for a, b in pairs)
         lines.append(f"| {prec} | {r['tokens_per_s']:.0f} ({100 * r['mfu']:.1f}%) | {p['tokens_per_s']:.0f} "
                      f"({100 * p['mfu']:.1f}%) | **{r['tokens_per_s'] / p['tokens_per_s']:.2f}×** | {per_round} |")
-    lines += ["", f"Throughput target: raygen ≥ 0.85× plain ({results['steps']} steps each, tokens/s after step 5; the "
+    if "bf16-autocast" in tp:  # raygen with the plain loop's recipe, against the plain loop's bf16
+        r, p = tp["bf16-autocast"]["raygen"], tp["bf16"]["plain"]
+        per_round = " / ".join(f"{a:.0f}" for a in r["rounds_tokens_per_s"])
+        lines.append(f"| bf16-autocast (raygen) vs plain bf16 | {r['tokens_per_s']:.0f} ({100 * r['mfu']:.1f}%) | "
+                     f"{p['tokens_per_s']:.0f} ({100 * p['mfu']:.1f}%) | {r['tokens_per_s'] / p['tokens_per_s']:.2f}× | "
+                     f"{per_round} |")
+    lines += ["", "bf16: raygen DeepSpeed's bf16 (fp32 master weights), plain autocast over fp32 weights.",
+              "", f"Throughput target: raygen ≥ 0.85× plain ({results['steps']} steps each, tokens/s after step 5; the "
               f"median of {results.get('rounds', 1)} rounds).", "",
               f"Fixed budget of {results['budget_s']:.0f} s of wall time (steps planned from each system's phase-1 run):", "",
               "| system | precision | steps | wall s (incl. start-up) | val loss |", "|---|---|---|---|---|"]
