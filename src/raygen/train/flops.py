@@ -44,17 +44,3 @@ def measure_matmul_peak(dtype, device, size: int = 2048, reps: int = 3) -> float
         sync()
         best = min(best, time.perf_counter() - t)
     return 2.0 * size**3 / best
-
-
-def pick_precision(requested: str, device) -> str:
-    """'fp32' or 'bf16' for 'auto': bf16 on GPUs that support it; on CPU only when bf16 GEMM measures at least
-    1.3x fp32 here (without AMX or AVX512-BF16 paths it is often slower, and autocast adds casts)."""
-    import torch
-
-    if requested != "auto":
-        return requested
-    if torch.device(device).type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    fp32 = measure_matmul_peak(torch.float32, device, size=1024)
-    bf16 = measure_matmul_peak(torch.bfloat16, device, size=1024)
-    return "bf16" if bf16 >= 1.3 * fp32 else "fp32"

@@ -250,7 +250,9 @@ def train_loop_per_worker(config: dict) -> None:
                 loss = engine(input_ids=ids, labels=ids).loss
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
-            grad_norm = _grad_norm(engine, tc.zero_stage) if boundary and tc.zero_stage == 0 else None
+            # Plain data parallel (ZeRO-0 without bf16) keeps no norm: it is read from the grads before the step.
+            pre_step_norm = boundary and tc.zero_stage == 0 and precision != "bf16"
+            grad_norm = _grad_norm(engine, tc.zero_stage) if pre_step_norm else None
             engine.step()
             loss_sum += loss.detach()
             micro += 1
