@@ -2,6 +2,7 @@
 
     python benchmarks/train_bench.py               # throughput in fp32 and bf16, then a 10-minute budget each (~35 min)
     python benchmarks/train_bench.py --quick       # a smoke run (few steps, 60 s budget)
+    python benchmarks/train_bench.py --precisions bf16,bf16-autocast --budget-s 0   # throughput only (~10 min)
 
 Model: GPT-2 architecture, 6 layers, hidden 512, 8 heads (raygen's `gpt2-bench` preset), vocab 8192, context
 256, random init from the same seed in both systems (identical initial weights). Data: raygen's data stage on
@@ -10,7 +11,7 @@ Parquet shards. Optimizer and schedule the same: AdamW (betas 0.9/0.95, weight d
 lr 1e-3, 20 warmup steps, cosine to 10%, clipping at 1.0, global batch 16 sequences (4,096 tokens) per step.
 
 Systems, each in its own subprocess so neither sees the other's threads or memory:
-  raygen  `raygen.train.trainer.train`: TorchTrainer, 2 workers × --threads torch threads (2), ZeRO-2 (gloo), micro-batch 8,
+  raygen  `raygen.train.trainer.train`: TorchTrainer, 2 workers × --threads torch threads (raygen's default: cores ÷ workers), ZeRO-2 (gloo), micro-batch 8,
           data streamed through Ray Data; tokens/s from the loop's own progress lines (steps after 5: their
           tokens over their time).
   plain   nanoGPT-style: one process, torch threads = all cores, the shards loaded into one tensor and batches
@@ -182,15 +183,19 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels, vals = [], []
-    for prec in ("fp32", "bf16"):
-        for system in ("raygen", "plain"):
-            labels.append(f"{system} {prec}")
-            vals.append(results["throughput"][prec][system]["tokens_per_s"])
-    ax1.barh(labels, vals, color=["tab:blue", "tab:gray"] * 2)
+    budget = bool(results["budget"])
+    fig, axes = plt.subplots(1, 2 if budget else 1, figsize=(12 if budget else 6.5, 4.5), squeeze=False)
+    ax1 = axes[0][0]
+    bars = [(f"{system} {prec}", by[system]["tokens_per_s"], "tab:blue" if system == "raygen" else "tab:gray")
+            for prec, by in results["throughput"].items() for system in ("raygen", "plain") if system in by]
+    ax1.barh(*zip(*[(label, v) for label, v, _ in bars], strict=True), color=[c for *_, c in bars])
     ax1.set_xlabel("tokens/s (higher is better)")
     ax1.set_title("training throughput, same model and global batch")
+    if not budget:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return
+    ax2 = axes[0][1]
     for system, color in (("raygen", "tab:blue"), ("plain", "tab:gray")):
         r = results["budget"][system]
         ax2.plot(*zip(*r["loss_curve"], strict=True), color=color, lw=1,
@@ -211,9 +216,11 @@ def main() -> None:
                     help="phase-1 rounds, alternating which system runs first (this machine's speed drifts by "
                          "~10%% between runs; each system's median over the rounds is compared)")
     ap.add_argument("--quick", action="store_true", help="8 steps, 1 round, 60 s budget: a smoke run")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads per raygen worker (2 workers on this machine's cores: 2 oversubscribes, "
-                         "which measured faster than 1 here: a worker waiting on the other lends its core)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads per raygen worker; 0: raygen's default, the cores ÷ the workers (1 here; "
+                         "2 oversubscribes the cores: faster under bf16 autocast, slower under DeepSpeed's bf16)")
+    ap.add_argument("--precisions", default="fp32,bf16,bf16-autocast",
+                    help="phase-1 precisions, comma-separated (bf16-autocast runs raygen only)")
     for flag in ("--worker", "--data", "--work", "--result", "--precision"):
         ap.add_argument(flag, help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default=None, help="where data and runs go (default: the system's temp)")
@@ -250,8 +257,14 @@ def main() -> None:
         results = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "peaks": peaks, "flops_per_token": fpt,
                    "params": sum(p.numel() for p in model.parameters()), "data": data, "steps": args.steps,
                    "budget_s": args.budget_s, "rounds": args.rounds, "throughput": {}, "budget": {}}
-        runs: dict = {(prec, system): [] for prec in ("fp32", "bf16") for system in ("raygen", "plain")}
-        runs["bf16-autocast", "raygen"] = []
+        precisions = args.precisions.split(",")
+        unknown = set(precisions) - {"fp32", "bf16", "bf16-autocast"}
+        if unknown:
+            raise SystemExit(f"--precisions: unknown {sorted(unknown)}; choose from fp32, bf16, bf16-autocast")
+        runs: dict = {(prec, system): [] for prec in precisions for system in ("raygen", "plain")
+                      if (prec, system) != ("bf16-autocast", "plain")}
+        if "bf16-autocast" in precisions and "bf16" not in precisions:
+            runs["bf16", "plain"] = []  # its reference
         for rnd in range(args.rounds):
             for prec in ("fp32", "bf16", "bf16-autocast"):
                 for system in ("raygen", "plain")[::1 if rnd % 2 == 0 else -1]:
@@ -263,7 +276,7 @@ def main() -> None:
                 "tokens_per_s": statistics.median(rates), "rounds_tokens_per_s": [x["tokens_per_s"] for x in rs]}
             r["mfu"] = r["tokens_per_s"] * fpt / peaks["fp32" if prec == "fp32" else "bf16"]
             results["throughput"].setdefault(prec, {})[system] = r
-        for system in ("raygen", "plain"):
+        for system in ("raygen", "plain") if args.budget_s > 0 else ():
             prec = max(results["throughput"], key=lambda p: results["throughput"][p].get(system, {}).get(
                 "tokens_per_s", 0))
             r1 = results["throughput"][prec][system]
@@ -282,7 +295,7 @@ def report(results: dict) -> None:
              f"{results['peaks']['bf16'] / 1e9:.1f} GFLOP/s", "",
              "| precision | raygen tok/s (MFU) | plain tok/s (MFU) | raygen / plain | per round (raygen:plain) |",
              "|---|---|---|---|---|"]
-    for prec in ("fp32", "bf16"):
+    for prec in [p for p in ("fp32", "bf16") if p in tp and "raygen" in tp[p]]:
         r, p = tp[prec]["raygen"], tp[prec]["plain"]
         pairs = zip(r["rounds_tokens_per_s"], p["rounds_tokens_per_s"], strict=True)
         per_round = " / ".join(f"{a:.0f}:{b:.0f}" for a, b in pairs)
@@ -296,20 +309,22 @@ def report(results: dict) -> None:
                      f"{per_round} |")
     lines += ["", "bf16: raygen DeepSpeed's bf16 (fp32 master weights), plain autocast over fp32 weights.",
               "", f"Throughput target: raygen ≥ 0.85× plain ({results['steps']} steps each, tokens/s after step 5; the "
-              f"median of {results.get('rounds', 1)} rounds).", "",
-              f"Fixed budget of {results['budget_s']:.0f} s of wall time (steps planned from each system's phase-1 run):", "",
-              "| system | precision | steps | wall s (incl. start-up) | val loss |", "|---|---|---|---|---|"]
-    for system in ("raygen", "plain"):
-        r = b[system]
-        lines.append(f"| {system} | {r['precision']} | {r['steps']} | {r['wall']:.0f} | {r['val_loss']:.4f} |")
-    diff = b["raygen"]["val_loss"] - b["plain"]["val_loss"]
-    lines.append(f"\nval loss raygen − plain: {diff:+.4f} (target ≤ 0: same or better)")
+              f"median of {results.get('rounds', 1)} rounds)."]
+    name = "train_bench" if b else "train_bench_throughput"  # a throughput-only run keeps the full run's files
+    if b:
+        lines += ["", f"Fixed budget of {results['budget_s']:.0f} s of wall time (steps planned from each system's phase-1 run):", "",
+                  "| system | precision | steps | wall s (incl. start-up) | val loss |", "|---|---|---|---|---|"]
+        for system in ("raygen", "plain"):
+            r = b[system]
+            lines.append(f"| {system} | {r['precision']} | {r['steps']} | {r['wall']:.0f} | {r['val_loss']:.4f} |")
+        diff = b["raygen"]["val_loss"] - b["plain"]["val_loss"]
+        lines.append(f"\nval loss raygen − plain: {diff:+.4f} (target ≤ 0: same or better)")
     text = "\n".join(lines)
     print("\n" + text)
-    (OUT / "train_bench.md").write_text(text + "\n")
-    (OUT / "train_bench.json").write_text(json.dumps(results, indent=1))
-    plot(results, OUT / "train_bench.png")
-    print(f"plot: {OUT / 'train_bench.png'}")
+    (OUT / f"{name}.md").write_text(text + "\n")
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=1))
+    plot(results, OUT / f"{name}.png")
+    print(f"plot: {OUT / f'{name}.png'}")
 
 
 if __name__ == "__main__":
