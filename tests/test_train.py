@@ -112,17 +112,23 @@ def test_killed_worker_resumes_from_its_checkpoint_with_a_continuous_curve(train
     assert again.metrics["step"] == 60 and again.history[: len(outcome.history)] == outcome.history
 
 
-def test_export_reproduces_the_training_val_loss_and_carries_its_card(trained, tiny_config):
+def _exported_val_loss(model_dir, stats):
+    """(the val split's loss, the dtype) of an exported model, loaded with plain transformers."""
     import pyarrow.parquet as pq
     import torch
     from transformers import AutoModelForCausalLM
 
-    stats, outcome, version = trained
-    d = Path(tiny_config.registry.root, tiny_config.registry.name, version)
-    model = AutoModelForCausalLM.from_pretrained(d).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     ids = torch.tensor(pq.read_table(Path(stats.output_dir, "val")).column("input_ids").to_pylist(), dtype=torch.long)
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids).loss.item()  # every row has T-1 predictions: mean = token mean
+    return loss, model.dtype
+
+
+def test_export_reproduces_the_training_val_loss_and_carries_its_card(trained, tiny_config):
+    stats, outcome, version = trained
+    d = Path(tiny_config.registry.root, tiny_config.registry.name, version)
+    loss, _ = _exported_val_loss(d, stats)
     precision = outcome.metrics["precision"]
     assert abs(loss - outcome.metrics["val_loss"]) < (1e-4 if precision == "fp32" else 2e-2), (loss, outcome.metrics)
     card = json.loads((d / "raygen.json").read_text())
@@ -138,10 +144,8 @@ def test_bf16_exports_the_fp32_master_weights(trained, tiny_config, tmp_path, st
     """DeepSpeed bf16 computes with bf16 copies; the export is the optimizer's fp32 masters (gathered from
     the ranks' partitions under ZeRO-3, from the unfused bf16 optimizer's copies under ZeRO-0): fp32 on
     disk and in the config, with bits a bf16 weight cannot hold, and it reproduces the bf16 val loss."""
-    import pyarrow.parquet as pq
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
 
     from raygen.train.trainer import train
 
@@ -154,11 +158,8 @@ def test_bf16_exports_the_fp32_master_weights(trained, tiny_config, tmp_path, st
     matrices = [w for w in weights.values() if w.ndim == 2]
     assert all((w != w.bfloat16().float()).any() for w in matrices)  # not bf16 weights widened
     assert json.loads(Path(outcome.hf_dir, "config.json").read_text())["dtype"] == "float32"
-    model = AutoModelForCausalLM.from_pretrained(outcome.hf_dir).eval()
-    assert model.dtype == torch.float32
-    ids = torch.tensor(pq.read_table(Path(stats.output_dir, "val")).column("input_ids").to_pylist(), dtype=torch.long)
-    with torch.no_grad():
-        loss = model(input_ids=ids, labels=ids).loss.item()
+    loss, dtype = _exported_val_loss(outcome.hf_dir, stats)
+    assert dtype == torch.float32
     assert abs(loss - outcome.metrics["val_loss"]) < 2e-2, (loss, outcome.metrics)
 
 

@@ -70,12 +70,12 @@ def _build(config: dict):
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(hf.pop("model_type"), **hf))
 
 
-def _grad_norm(engine, zero_stage: int) -> float:
-    """The global gradient norm of the step just taken (before clipping)."""
+def _grad_norm(engine, from_grads: bool) -> float:
+    """The global gradient norm of the step just taken (before clipping). from_grads: DeepSpeed keeps none
+    (plain data parallel in fp32), so it is taken from the all-reduced grads, before the step clears them."""
     import torch
 
-    if zero_stage == 0 and not engine.bfloat16_enabled():
-        # DeepSpeed keeps no norm without a ZeRO or bf16 optimizer: the grads are all-reduced already
+    if from_grads:
         grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else float("nan")
     norm = engine.get_global_grad_norm()
@@ -94,7 +94,7 @@ def _fp32_state_dict(engine, zero_stage: int, rank: int) -> dict | None:
         full = lambda p: master[id(p)]  # noqa: E731
     else:  # ZeRO-1/2/3: each rank holds a partition; gathered parameter by parameter
         full = safe_get_full_fp32_param
-    by_id = {id(p): full(p).detach().float().cpu() for p in engine.module.parameters()}  # same order on all ranks
+    by_id = {id(p): full(p).detach().cpu() for p in engine.module.parameters()}  # same order on all ranks
     if rank != 0:
         return None
     # Tied names (lm_head = wte) map to the same tensor, so save_pretrained still sees them as tied.
@@ -202,6 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
     mark = (step, time.time())  # (step, time) of the last progress line: throughput between lines
     loss_sum = torch.zeros((), device=device)  # this rank's micro-batch losses since the last line
     micro, streams = 0, 0
+    norm_from_grads = tc.zero_stage == 0 and precision != "bf16"  # no ZeRO or bf16 optimizer to keep the norm
 
     def finish_step(metrics: dict) -> None:
         """Eval, report and checkpoint at this step as the schedule says (all ranks together)."""
@@ -250,9 +251,7 @@ def train_loop_per_worker(config: dict) -> None:
                 loss = engine(input_ids=ids, labels=ids).loss
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
-            # Plain data parallel (ZeRO-0 without bf16) keeps no norm: it is read from the grads before the step.
-            pre_step_norm = boundary and tc.zero_stage == 0 and precision != "bf16"
-            grad_norm = _grad_norm(engine, tc.zero_stage) if pre_step_norm else None
+            grad_norm = _grad_norm(engine, True) if boundary and norm_from_grads else None
             engine.step()
             loss_sum += loss.detach()
             micro += 1
@@ -263,7 +262,7 @@ def train_loop_per_worker(config: dict) -> None:
             if step % tc.log_every and step % tc.eval_every and not last and step != 1:
                 continue
             if grad_norm is None:
-                grad_norm = _grad_norm(engine, tc.zero_stage)
+                grad_norm = _grad_norm(engine, False)
             loss_value = _all_reduce([loss_sum.item() / micro], device)[0]
             loss_sum.zero_()
             micro = 0
