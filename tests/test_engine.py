@@ -313,3 +313,64 @@ def test_outputs_carry_the_requests_engine_timestamps(models):
     for o in last:
         t = o.timing
         assert t.arrival <= t.scheduled <= t.first_token <= t.finished
+
+
+def run_bounded(eng, max_steps=2000):
+    """Step until every request finishes; a step count past max_steps means the engine stopped making
+    progress (the test fails instead of spinning)."""
+    got: dict[str, list[int]] = {}
+    for _ in range(max_steps):
+        if not eng.has_unfinished():
+            return got
+        for o in eng.step():
+            got.setdefault(o.req_id, []).extend(o.token_ids)
+    pytest.fail(f"no progress after {max_steps} steps: {eng.stats()}")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_lone_prompt_longer_than_the_step_budget_finishes_and_matches(models, family):
+    """Chunked prefill with nothing else running: steps that only prefill (nothing samples) must still
+    book their progress, or the prompt is prefilled chunk after chunk forever."""
+    path, model = models[family]
+    prompt = workload(1, seed=21, prompt=(150, 150))[0][0]
+    eng = engine(path, max_num_batched_tokens=48)
+    eng.add_request("long", prompt, SamplingParams(max_tokens=8, temperature=0))
+    got = run_bounded(eng, max_steps=50)
+    assert got["long"] == hf_greedy(model, prompt, 8)
+    assert eng.stats().num_steps == 4 + 7  # ceil(150 / 48) prefill chunks (the last one samples), 7 decodes
+    assert_all_blocks_free(eng)
+
+
+def test_two_long_prompts_both_mid_prefill_finish_and_match(models):
+    """Two prompts longer than the budget, admitted together, nothing decoding: steps where one prompt's
+    chunk ends and the other's begins, and steps where nobody samples at all."""
+    path, model = models["llama"]
+    prompts = workload(2, seed=22, prompt=(130, 170))[0]
+    eng = engine(path, max_num_batched_tokens=40)
+    eng.step_log = []
+    for i, p in enumerate(prompts):
+        eng.add_request(f"p{i}", p, SamplingParams(max_tokens=6, temperature=0))
+    got = run_bounded(eng, max_steps=100)
+    assert [got["p0"], got["p1"]] == [hf_greedy(model, p, 6) for p in prompts]
+    assert any(r.num_sampled == 0 for r in eng.step_log) and any(len(r.tokens) == 2 for r in eng.step_log)
+    assert_all_blocks_free(eng)
+
+
+def test_a_long_prompt_through_the_async_engine_streams_tokens(models):
+    path, model = models["gpt2"]
+    prompt = workload(1, seed=23, prompt=(200, 200))[0][0]
+
+    async def main():
+        eng = AsyncLLMEngine(engine(path, max_num_batched_tokens=32))
+        try:
+            outs = await asyncio.wait_for(_collect(eng.add_request(prompt, SamplingParams(max_tokens=5,
+                                                                                          temperature=0))), 60)
+            assert [t for o in outs for t in o.token_ids] == hf_greedy(model, prompt, 5)
+        finally:
+            eng.shutdown()
+
+    asyncio.run(main())
+
+
+async def _collect(stream):
+    return [o async for o in stream]

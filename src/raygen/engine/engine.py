@@ -236,7 +236,8 @@ class LLMEngine:
             req, idx = self._owner[r]
             if idx == 0 and req.pending_children and not seq.output_ids:
                 rows.extend((child, i) for child in req.pending_children)
-        if not rows:
+        if not rows:  # a step of prefill chunks only: book their progress, nothing to sample
+            self.scheduler.update(out, {})
             return []
         token_ids, lps = self._sample(logits, rows)
         self._counts["generated"] += len(token_ids)
