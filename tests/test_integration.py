@@ -184,8 +184,49 @@ def test_served_greedy_matches_transformers_and_n_logprobs_stop_work(server, tin
     ({"prompt": "x", "model": "gpt-9"}, None, 404, "model"),
     ({"prompt": [10 ** 9]}, None, 400, "prompt"),
     ({"prompt": "x" * 1_100_000}, None, 413, None),
+    # Hostile bodies: a lone surrogate escape (valid JSON, not valid Unicode) and deep nesting were 500s.
+    (None, b'{"prompt": "\\ud800 hi"}', 400, None),
+    (None, b'{"prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400, None),
+    # Fields of OpenAI's schema raygen does not implement are refused by name, never dropped.
+    ({"prompt": "x", "suffix": "y"}, None, 400, "suffix"),
+    ({"prompt": "x", "best_of": 4}, None, 400, "best_of"),
+    ({"prompt": "x", "response_format": {"type": "json_object"}}, None, 400, "response_format"),
+    ({"prompt": "x", "seed": 2**64}, None, 400, "seed"),
+    ({"prompt": "x", "logit_bias": {"100000": 5}}, None, 400, "logit_bias"),
 ])
 def test_bad_requests_get_openai_errors(server, body, raw, status, param):
     code, _, err = _post(server, body, raw)
     assert code == status, err
     assert err["error"]["message"] and err["error"]["param"] == param
+
+
+def test_unknown_routes_and_wrong_methods_answer_openai_error_bodies(server):
+    for method, path, status in (("GET", "/v1/nothing", 404), ("POST", "/v2/completions", 404),
+                                 ("GET", "/v1/completions", 405), ("DELETE", "/v1/chat/completions", 405)):
+        req = urllib.request.Request(server + path, method=method, data=b"{}" if method == "POST" else None)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == status
+        err = json.loads(e.value.read())["error"]
+        assert path in err["message"] and err["type"] == "invalid_request_error", err
+
+
+def test_chat_refuses_tools_and_json_mode_by_name_and_honours_logit_bias(server, tiny_config):
+    from transformers import AutoTokenizer
+
+    from raygen.registry import Registry
+
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    for extra, param in (({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+                         ({"tool_choice": "required"}, "tool_choice"),
+                         ({"response_format": {"type": "json_object"}}, "response_format")):
+        req = urllib.request.Request(f"{server}/v1/chat/completions", data=json.dumps({**chat, **extra}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        assert e.value.code == 400 and json.loads(e.value.read())["error"]["param"] == param
+    _, model_dir = Registry(tiny_config.registry.root).resolve(tiny_config.registry.name, "latest")
+    forced = AutoTokenizer.from_pretrained(model_dir).decode([300])
+    status, _, body = _post(server, {"prompt": [5, 6, 7], "max_tokens": 3, "temperature": 0.9, "seed": 3,
+                                     "logit_bias": {"300": 100}})
+    assert status == 200 and body["choices"][0]["text"] == forced * 3, body

@@ -39,3 +39,95 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert lr_factor(10, 10, 100, 0.1) == pytest.approx(1.0)
     assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
     assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.55)
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("route,extra,param", [
+    ("text", {"suffix": "after"}, "suffix"),
+    ("text", {"best_of": 3}, "best_of"),
+    ("text", {"best_of": 2, "n": 1}, "best_of"),
+    ("text", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("text", {"guided_json": {"type": "object"}}, "guided_json"),
+    ("text", {"stream_options": {"include_usage": True}}, "stream_options"),
+    ("text", {"seed": 2**64}, "seed"),
+    ("text", {"seed": -(2**63) - 1}, "seed"),
+    ("text", {"logit_bias": {"x": 1}}, "logit_bias"),
+    ("text", {"logit_bias": {"3": 100.5}}, "logit_bias"),
+    ("chat", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("chat", {"tool_choice": "required"}, "tool_choice"),
+    ("chat", {"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ("chat", {"functions": [{"name": "f"}]}, "functions"),
+    ("chat", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+     "response_format"),
+    ("chat", {"echo": True}, "echo"),
+    ("chat", {"top_logprobs": 3}, "top_logprobs"),
+    ("chat", {"reasoning_effort": "high"}, "reasoning_effort"),
+    ("chat", {"modalities": ["text", "audio"]}, "modalities"),
+    ("chat", {"store": True}, "store"),
+    ("chat", {"prediction": {"type": "content", "content": "x"}}, "prediction"),
+])
+def test_fields_raygen_does_not_implement_are_refused_by_name(route, extra, param):
+    """Never accepted and dropped: a client asking for JSON or a tool call must not get free text."""
+    from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest
+
+    body = {**(CHAT if route == "chat" else {"prompt": "x"}), **extra}
+    with pytest.raises(RequestError) as e:
+        parse_request(body, ChatCompletionRequest if route == "chat" else CompletionRequest)
+    assert e.value.status == 400 and e.value.param == param and param in e.value.message, e.value.message
+
+
+def test_unused_values_of_refused_fields_and_unknown_extras_pass():
+    from raygen.serve.protocol import ChatCompletionRequest
+
+    parse_request({"prompt": "x", "suffix": None, "best_of": 2, "n": 2, "seed": 2**63 - 1, "made_up_field": 1})
+    r = parse_request({**CHAT, "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+                       "parallel_tool_calls": True, "modalities": ["text"], "service_tier": "auto",
+                       "logit_bias": {"7": -100, "9": 2.5}, "user": "u-1"}, ChatCompletionRequest)
+    assert r.token_bias == {7: -100, 9: 2.5}
+
+
+@pytest.mark.parametrize("raw,why", [
+    (b'{"prompt": "\\ud800"}', "surrogate"),
+    (b'{"prompt": "ok", "stop": ["\\udfff x"]}', "surrogate"),
+    (b'{"\\ud800": 1, "prompt": "x"}', "surrogate"),
+    (b"[" * 100_000, "deeper"),
+    (b"[" * 5_000 + b"]" * 5_000, "deeper"),
+    (b'{"prompt": ' + b'{"a": ' * 40 + b"1" + b"}" * 41, "deeper"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"", "not valid JSON"),
+])
+def test_hostile_json_bodies_are_400s_that_say_why(raw, why):
+    from raygen.serve.protocol import load_json
+
+    with pytest.raises(RequestError) as e:
+        load_json(raw)
+    assert e.value.status == 400 and why in e.value.message
+
+
+def test_valid_unicode_and_surrogate_pairs_load():
+    from raygen.serve.protocol import load_json
+
+    assert load_json(b'{"prompt": "\\ud83d\\ude00 caf\\u00e9 \xe6\x97\xa5"}')["prompt"] == "😀 café 日"
+
+
+def test_logit_bias_moves_the_sampled_token(tmp_path):
+    """logit_bias is honoured by the engine: +100 on one token makes greedy pick it; -100 bans the argmax."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from raygen.engine.engine import EngineConfig, LLMEngine
+    from raygen.engine.request import SamplingParams
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=100,
+                                                initializer_range=0.3)).save_pretrained(tmp_path)
+    eng = LLMEngine(EngineConfig(str(tmp_path), dtype="float32", block_size=4))
+    plain = eng.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0))[0][0].token_ids
+    forced = eng.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0, logit_bias={42: 100}))
+    assert forced[0][0].token_ids == [42] * 4
+    banned = eng.generate([[1, 2, 3]], SamplingParams(max_tokens=1, temperature=0, logit_bias={plain[0]: -100}))
+    assert banned[0][0].token_ids[0] != plain[0]
+    with pytest.raises(ValueError, match="logit_bias"):
+        eng.add_request("bad", [1], SamplingParams(logit_bias={100: 1.0}))

@@ -147,6 +147,8 @@ class LLMEngine:
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise ValueError(f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed the model's "
                              f"context of {self.max_model_len} tokens; shorten the prompt or lower max_tokens")
+        if params.logit_bias and not all(0 <= t < vocab for t in params.logit_bias):
+            raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this engine's model directory has none")
         eos = frozenset() if params.ignore_eos else self.eos_token_ids

@@ -23,6 +23,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # always end the output (kept in token_ids)
     ignore_eos: bool = False  # keep going past the model's EOS (stop_token_ids still apply)
     logprobs: int | None = None  # None: off; N: logprob of each token plus the top-N alternatives
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI's)
 
     def __post_init__(self):
         checks = [
@@ -37,6 +38,7 @@ class SamplingParams:
             (1 <= self.n <= 64, "n must be in [1, 64]"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
+            (all(-100 <= b <= 100 for b in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -48,7 +50,8 @@ class SamplingParams:
 
     @property
     def penalized(self) -> bool:
-        return self.repetition_penalty != 1.0 or bool(self.presence_penalty or self.frequency_penalty)
+        return (self.repetition_penalty != 1.0 or bool(self.presence_penalty or self.frequency_penalty)
+                or bool(self.logit_bias))
 
 
 class Status(enum.IntEnum):

@@ -13,7 +13,7 @@ from raygen.engine.request import SamplingParams
 
 def apply_penalties(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[list[int]],
                     output_ids: list[list[int]]) -> torch.Tensor:
-    """logits: (B, V) float32, modified in place row by row where a penalty is set."""
+    """logits: (B, V) float32, modified in place row by row where a penalty or a logit bias is set."""
     for i, p in enumerate(params):
         if p.repetition_penalty != 1.0:
             seen = torch.tensor(sorted(set(prompt_ids[i]) | set(output_ids[i])), dtype=torch.long,
@@ -24,6 +24,9 @@ def apply_penalties(logits: torch.Tensor, params: list[SamplingParams], prompt_i
         if (p.presence_penalty or p.frequency_penalty) and output_ids[i]:
             ids, counts = torch.tensor(output_ids[i], device=logits.device).unique(return_counts=True)
             logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.to(logits.dtype)
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=logits.device)
+            logits[i, ids] += torch.tensor(list(p.logit_bias.values()), dtype=logits.dtype, device=logits.device)
     return logits
 
 

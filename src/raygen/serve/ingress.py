@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from opentelemetry import trace
 from ray import serve
 
@@ -31,7 +32,7 @@ from raygen.serve.auth import ANONYMOUS, KeyStore
 from raygen.serve.cache import cache_key, cacheable
 from raygen.serve.postprocess import Postprocessor
 from raygen.serve.preprocess import Preprocessor
-from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, Delta, parse_request
+from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, Delta, load_json, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,17 @@ log = logging.getLogger(__name__)
 # the last streamed byte), continuing the caller's W3C context when the request carries one.
 api = FastAPI(title="raygen", description="OpenAI-compatible completions served by raygen on Ray Serve",
               telemetry={"tracing": False, "metrics": False, "logs": False})
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """Unknown routes (404) and wrong methods (405) answer OpenAI's error body too, as OpenAI does."""
+    what = {404: "Invalid URL", 405: "Method not allowed"}.get(exc.status_code, exc.detail)
+    err = RequestError(f"{what} ({request.method} {request.url.path})", status=exc.status_code,
+                       code={404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code))
+    return JSONResponse(err.to_body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
 UI = Path(__file__).with_name("ui") / "index.html"
 ROUTES = {"text": CompletionRequest, "chat": ChatCompletionRequest}
 ROUTE_LABEL = {"text": "completions", "chat": "chat.completions"}  # the `route` metric label
@@ -298,10 +310,7 @@ class Ingress(SpanSource):
         raw = await request.body()
         if len(raw) > self.max_body_bytes:
             raise RequestError(f"request body is {len(raw)} bytes; the limit is {self.max_body_bytes}", status=413)
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(f"request body is not valid JSON: {exc}") from exc
+        return load_json(raw)
 
     async def _after(self, result: dict, ckey: str | None, account: tuple[str, int] | None) -> None:
         """Book a finished response: refund unused tokens, cache it when it is complete."""

@@ -134,11 +134,15 @@ class Preprocessor(SpanSource):
                     f"this model's context window is {self.context} tokens; the prompt has {len(ids)} and "
                     f"max_tokens is {max_tokens}: shorten the prompt or lower max_tokens", status=400,
                     param="prompt", code="context_length_exceeded")
+        bias = req.token_bias
+        if bias and max(bias) >= len(self.tokenizer):
+            raise RequestError(f"logit_bias: token id {max(bias)} is outside the vocabulary "
+                               f"(0..{len(self.tokenizer) - 1})", param="logit_bias")
         try:
             return ids, SamplingParams(
                 max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                 min_p=req.min_p, repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
                 frequency_penalty=req.frequency_penalty, seed=req.seed, n=req.n, stop=req.stop or [],
-                ignore_eos=req.ignore_eos, logprobs=req.num_logprobs)
+                ignore_eos=req.ignore_eos, logprobs=req.num_logprobs, logit_bias=bias)
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
