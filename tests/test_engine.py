@@ -374,3 +374,20 @@ def test_a_long_prompt_through_the_async_engine_streams_tokens(models):
 
 async def _collect(stream):
     return [o async for o in stream]
+
+
+def test_the_waiting_queue_is_bounded_and_frees_up_as_requests_are_admitted(models):
+    from raygen.engine.engine import EngineOverloadedError
+
+    path, _ = models["gpt2"]
+    eng = engine(path, max_num_seqs=2, max_num_waiting=3)
+    params = SamplingParams(max_tokens=3, temperature=0)
+    for i in range(3):  # nothing is admitted before a step: all three wait
+        eng.add_request(f"w{i}", [1, 2, 3], params)
+    with pytest.raises(EngineOverloadedError, match="max_num_waiting=3"):
+        eng.add_request("w3", [1, 2, 3], params)
+    assert "w3" not in eng._requests and eng.stats().num_waiting == 3
+    eng.step()  # two admitted, one waits: room again
+    eng.add_request("w3", [1, 2, 3], params)
+    run_bounded(eng, max_steps=50)
+    assert_all_blocks_free(eng)

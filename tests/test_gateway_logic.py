@@ -7,7 +7,7 @@ import pytest
 from raygen.errors import RequestError
 from raygen.serve.auth import KeyStore, digest
 from raygen.serve.cache import ResponseCache, cache_key, cacheable
-from raygen.serve.ratelimit import RateLimiter
+from raygen.serve.ratelimit import ConcurrencyLimiter, RateLimiter
 from raygen.serve.safety import SafetyFilter
 
 
@@ -37,6 +37,21 @@ def test_tokens_per_minute_refunds_unused_tokens_and_refuses_with_retry_after():
 
 
 # -- response cache -----------------------------------------------------------------------------------
+def test_concurrency_cap_is_per_key_released_on_finish_and_expires_leases_of_dead_callers():
+    lim = ConcurrencyLimiter(2, lease_ttl_s=60)
+    assert lim.acquire("a", "r1", 0) and lim.acquire("a", "r2", 0)
+    assert not lim.acquire("a", "r3", 1) and lim.held("a") == 2
+    assert lim.acquire("b", "r4", 1)  # another key has its own cap
+    assert lim.acquire("a", "r1", 2)  # the same lease again (a retried call) is not a second slot
+    lim.release("r1")
+    lim.release("r1")  # twice is harmless
+    assert lim.acquire("a", "r3", 3) and not lim.acquire("a", "r5", 3)
+    # r2 and r3 belong to an ingress that died: their leases run out after the TTL.
+    assert lim.acquire("a", "r5", 64) and lim.held("a") == 1
+    with pytest.raises(ValueError):
+        ConcurrencyLimiter(0)
+
+
 def test_cache_key_ignores_streaming_and_defaults_but_not_seed_or_version():
     a = {"prompt": "x", "temperature": 0, "stream": True, "max_tokens": 16}
     b = {"max_tokens": 16, "prompt": "x", "temperature": 0, "top_p": 1.0}

@@ -7,6 +7,7 @@ import asyncio
 
 from raygen.engine.request import RequestOutput, SamplingParams
 from raygen.serve.postprocess import Postprocessor
+from raygen.serve.protocol import ReplicaChunk
 from raygen.serve.safety import SafetyFilter
 
 
@@ -14,7 +15,7 @@ class ScriptedStream:
     """Stands in for `llm.options(stream=True).generate.remote(...)`: yields the given chunks."""
 
     def __init__(self, chunks):
-        self.chunks, self.cancelled, self.sent = chunks, False, 0
+        self.chunks, self.cancelled, self.sent = [ReplicaChunk("v1", c) for c in chunks], False, 0
 
     def __aiter__(self):
         return self._gen()

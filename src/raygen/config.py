@@ -232,6 +232,8 @@ class EngineSettings(_Model):
     max_num_seqs: int = Field(64, ge=1, description="Sequences batched at once per replica.")
     max_num_batched_tokens: int = Field(1024, ge=1, description="Tokens per forward pass (prefill chunks + decodes).")
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of identical prompt prefixes.")
+    max_num_waiting: int | None = Field(128, ge=1, description="Requests queued in a replica's engine for "
+                                        "admission at most; past it 503 with Retry-After. Unset: no bound.")
 
 
 class ApiKeyEntry(_Model):
@@ -251,6 +253,12 @@ class RateLimitSettings(_Model):
     enabled: bool = Field(True, description="Per-key limits (shared by all ingress replicas).")
     requests_per_minute: int = Field(600, ge=1, description="Requests per key per minute.")
     tokens_per_minute: int = Field(200_000, ge=1, description="Prompt + completion tokens per key per minute.")
+    max_concurrent_per_key: int | None = Field(None, ge=1, description="Requests (streaming or not) one key may "
+                                               "have generating at once; past it 429. Unset: no cap.")
+    on_gateway_failure: Literal["open", "closed"] = Field(
+        "open", description="While the Gateway (limiter and cache) is down or being replaced: open admits requests "
+                            "without limits; closed refuses them with 503 + Retry-After. The cache always fails open.")
+    gateway_timeout_s: float = Field(2.0, gt=0, description="A Gateway call slower than this counts as a failure.")
 
 
 class CacheSettings(_Model):
@@ -294,6 +302,15 @@ class ServeConfig(_Model):
                                                          "load exceeds the least-loaded one's by more than this.")
     llm_replicas: int = Field(1, ge=1, description="Model replicas.")
     llm_num_cpus: float = Field(1, gt=0, description="CPUs each model replica reserves.")
+    llm_max_ongoing_requests: int = Field(192, ge=1, description="Requests one model replica holds at once "
+                                          "(running + waiting in its engine); more queue in Serve's router.")
+    llm_max_queued_requests: int = Field(64, ge=1, description="Requests each caller (ingress replica) queues for "
+                                         "the model replicas beyond that; past it 503 with Retry-After at once.")
+    ingress_max_ongoing_requests: int = Field(512, ge=1, description="HTTP requests one ingress replica handles at "
+                                              "once; beyond them Serve's proxy queues, then answers 503 itself.")
+    ingress_max_queued_requests: int = Field(256, ge=1, description="Requests Serve's proxy queues per ingress "
+                                             "deployment beyond the ongoing ones.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of the 503s the server sends when overloaded.")
     torch_threads: int = Field(0, ge=0, description="torch threads per model replica; 0: all cores.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     system_prompt: str | None = Field(None, description="Prepended to chat conversations that have none.")

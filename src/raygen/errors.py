@@ -35,34 +35,50 @@ class RequestError(RaygenError):
     """A client error, rendered as OpenAI's error body by the ingress."""
 
     def __init__(self, message: str, *, status: int = 400, param: str | None = None,
-                 type: str = "invalid_request_error", code: str | None = None):
+                 type: str = "invalid_request_error", code: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.message = message
         self.status = status  # HTTP status code
         self.param = param  # the request field at fault, when there is one
         self.type = type  # OpenAI error type
         self.code = code
+        self.retry_after = retry_after  # seconds, sent as Retry-After (429 and 503)
 
     def __reduce__(self):  # survive pickling across Ray handle calls with status and param intact
-        return (_rebuild_request_error, (self.message, self.status, self.param, self.type, self.code))
+        return (_rebuild_request_error, (self.message, self.status, self.param, self.type, self.code,
+                                         self.retry_after))
 
     def to_body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)} if self.retry_after is not None else {}
 
-def _rebuild_request_error(message, status, param, type, code) -> RequestError:
-    return RequestError(message, status=status, param=param, type=type, code=code)
+
+def unavailable(message: str, retry_after: int = 1, code: str = "overloaded") -> RequestError:
+    """A 503 the client should retry: the server is overloaded or a model replica is being replaced."""
+    return RequestError(message, status=503, type="server_error", code=code, retry_after=retry_after)
 
 
-def as_request_error(exc: BaseException) -> RequestError | None:
-    """The RequestError behind an exception, also when Ray wrapped it (once per handle hop it crossed)."""
+def _rebuild_request_error(message, status, param, type, code, retry_after=None) -> RequestError:
+    return RequestError(message, status=status, param=param, type=type, code=code, retry_after=retry_after)
+
+
+def find_cause(exc: BaseException, types: type | tuple[type, ...]) -> BaseException | None:
+    """The first exception of `types` in exc's chain, also when Ray wrapped it (once per handle hop it
+    crossed: Ray keeps the original as `.cause`)."""
     seen, todo = set(), [exc]
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
-        if isinstance(e, RequestError):
+        if isinstance(e, types):
             return e
         seen.add(id(e))
         todo += [getattr(e, "cause", None), e.__cause__]
     return None
+
+
+def as_request_error(exc: BaseException) -> RequestError | None:
+    """The RequestError behind an exception, also when Ray wrapped it."""
+    return find_cause(exc, RequestError)

@@ -25,8 +25,8 @@ import torch
 
 from raygen.engine.detok import IncrementalDetokenizer
 from raygen.engine.kv_cache import BlockManager
-from raygen.engine.request import (FINISH_REASON, RequestOutput, RequestTiming, SamplingParams, Sequence, Status,
-                                   TokenLogprob)
+from raygen.engine.request import (FINISH_REASON, EngineOverloadedError, RequestOutput, RequestTiming,
+                                   SamplingParams, Sequence, Status, TokenLogprob)
 from raygen.engine.runner import EngineSetupError, ModelRunner
 from raygen.engine.sampling import apply_penalties, sample, top_logprobs
 from raygen.engine.scheduler import Scheduler
@@ -46,12 +46,15 @@ class EngineConfig:
     max_num_seqs: int = 256  # sequences running at once
     max_num_batched_tokens: int = 2048  # tokens per forward (prefill chunks + decodes)
     max_model_len: int | None = None  # prompt + max_tokens limit; None: the model's context window
+    max_num_waiting: int | None = None  # requests queued for admission at most; past it add_request raises
+    #                                     EngineOverloadedError (a 503 with Retry-After when served); None: no bound
     enable_prefix_caching: bool = True
     num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
     tokenizer: str | None = "auto"  # directory; auto: the model directory when it has one; None: no text
 
     def __post_init__(self):
         for name, ok in (("block_size", self.block_size >= 1), ("max_num_seqs", self.max_num_seqs >= 1),
+                         ("max_num_waiting", self.max_num_waiting is None or self.max_num_waiting >= 1),
                          ("max_num_batched_tokens", self.max_num_batched_tokens >= 1),
                          ("kv_cache_fraction", 0 < self.kv_cache_fraction <= 1)):
             if not ok:
@@ -138,7 +141,8 @@ class LLMEngine:
 
     # -- requests ---------------------------------------------------------------------------------------
     def add_request(self, req_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request; raises ValueError (bad ids, too long, stop strings without a tokenizer) at once."""
+        """Queue a request; raises ValueError (bad ids, too long, stop strings without a tokenizer) at once,
+        EngineOverloadedError when max_num_waiting requests already wait."""
         vocab = self.runner.shape.vocab
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
@@ -162,6 +166,10 @@ class LLMEngine:
         with self._lock:
             if req_id in self._requests:
                 raise ValueError(f"request id {req_id} is already in the engine")
+            bound = self.config.max_num_waiting
+            if bound is not None and len(self.scheduler.waiting) >= bound:
+                raise EngineOverloadedError(f"{len(self.scheduler.waiting)} requests are already waiting for "
+                                            f"admission (max_num_waiting={bound}); retry shortly")
             self.scheduler.add(seqs[0])
             req = self._requests[req_id] = _Request(req_id, params, seqs, detoks, gens, seqs[1:])
             for i, s in enumerate(seqs):

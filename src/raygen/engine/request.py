@@ -7,6 +7,10 @@ import enum
 from dataclasses import dataclass, field
 
 
+class EngineOverloadedError(RuntimeError):
+    """The engine's waiting queue is at max_num_waiting: retry later (not the request's fault)."""
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 16  # new tokens at most

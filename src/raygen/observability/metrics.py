@@ -45,6 +45,9 @@ _DEFS = [
     MetricDef("raygen_response_cache_total", "counter", "Response-cache lookups, by result (hit, miss).",
               ("model", "result")),
     MetricDef("raygen_rate_limited_total", "counter", "Requests refused by the rate limiter (429).", ("model",)),
+    MetricDef("raygen_gateway_failures_total", "counter", "Gateway calls that failed or timed out (it is down or "
+              "being replaced; the cache then misses, the limits fail open or closed as configured).",
+              ("model", "call")),
     MetricDef("raygen_safety_blocks_total", "counter", "Safety-filter blocks, by rule and side.",
               ("model", "rule", "side")),
     # serving: the model replicas

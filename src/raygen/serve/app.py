@@ -41,7 +41,8 @@ def _llm_options(s) -> dict:
 
     gpus = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
     actor = {"num_cpus": s.llm_num_cpus, **({"num_gpus": 1} if gpus else {})}
-    opts: dict = {"ray_actor_options": actor, "max_queued_requests": 4 * 256,
+    opts: dict = {"ray_actor_options": actor, "max_ongoing_requests": s.llm_max_ongoing_requests,
+                  "max_queued_requests": s.llm_max_queued_requests,
                   "request_router_config": RequestRouterConfig(
                       request_router_class="raygen.serve.router:PrefixAwareRouter",
                       request_router_kwargs={"chunk": s.router_chunk_tokens, "margin": s.router_load_margin},
@@ -59,7 +60,9 @@ def build_graph(cfg: RaygenConfig) -> Application:
     version, model_dir = Registry(cfg.registry.root).resolve(cfg.registry.name, cfg.serve.version)
     s = cfg.serve
     obs, name = cfg.observability.model_dump(exclude={"alerts"}), cfg.registry.name
-    llm = LLMServer.options(**_llm_options(s)).bind(str(model_dir), s.engine.model_dump(), s.torch_threads, name, obs)
+    llm = LLMServer.options(**_llm_options(s)).bind(
+        model_dir=str(model_dir), engine=s.engine.model_dump(), torch_threads=s.torch_threads, model_name=name,
+        observability=obs, version=version, retry_after_s=s.retry_after_s)
     safety = s.safety.model_dump()
     pre_args = dict(model_dir=str(model_dir), max_tokens_default=s.max_tokens_default,
                     max_tokens_limit=s.max_tokens_limit, system_prompt=s.system_prompt, truncation=s.truncation,
@@ -72,9 +75,14 @@ def build_graph(cfg: RaygenConfig) -> Application:
         # In the ingress process: two Serve hops fewer on every request (benchmarks/serve_bench.py).
         pre, post = pre_args, post_args
     gateway = Gateway.bind(s.rate_limit.model_dump(), s.cache.model_dump(), version)
-    return Ingress.options(num_replicas=s.ingress_replicas).bind(
-        pre, post, gateway, llm, cfg.registry.name, version, s.max_body_bytes, s.auth.model_dump(exclude_none=True),
-        s.rate_limit.enabled, s.cache.enabled, s.cache.near_ttl_s, obs)
+    rl = s.rate_limit
+    return Ingress.options(num_replicas=s.ingress_replicas, max_ongoing_requests=s.ingress_max_ongoing_requests,
+                           max_queued_requests=s.ingress_max_queued_requests).bind(
+        preprocessor=pre, postprocessor=post, gateway=gateway, llm=llm, model_name=cfg.registry.name,
+        version=version, max_body_bytes=s.max_body_bytes, auth=s.auth.model_dump(exclude_none=True),
+        rate_limited=rl.enabled or rl.max_concurrent_per_key is not None, cached=s.cache.enabled,
+        near_cache_s=s.cache.near_ttl_s, observability=obs, gateway_failure=rl.on_gateway_failure,
+        gateway_timeout_s=rl.gateway_timeout_s, retry_after_s=s.retry_after_s)
 
 
 def build_app(args: dict) -> Application:

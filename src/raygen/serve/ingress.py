@@ -22,8 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from opentelemetry import trace
 from ray import serve
 
-from raygen.errors import RequestError, as_request_error
+from raygen.errors import RequestError, as_request_error, find_cause, unavailable
 from raygen.observability import logs  # (its request_id_var by attribute: route functions get pickled)
+from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.requests import RequestObserver
 from raygen.observability.tracing import SpanSource
@@ -146,7 +147,8 @@ class _LocalStream:
 class Ingress(SpanSource):
     def __init__(self, preprocessor, postprocessor, gateway, llm, model_name: str, version: str, max_body_bytes: int,
                  auth: dict | None = None, rate_limited: bool = True, cached: bool = True, near_cache_s: float = 1.0,
-                 observability: dict | None = None):
+                 observability: dict | None = None, gateway_failure: str = "open", gateway_timeout_s: float = 2.0,
+                 retry_after_s: int = 1):
         self.obs = init_process(observability, "raygen-ingress")
         # DeploymentHandles, or (the default, see app.py) the same classes run in this process.
         self.pre = preprocessor if not isinstance(preprocessor, dict) else _InProcess(Preprocessor, preprocessor)
@@ -161,6 +163,10 @@ class Ingress(SpanSource):
         self.keys = KeyStore.load(auth.get("keys"), auth.get("keys_file"))
         self.rate_limited, self.cached = rate_limited, cached  # off: no Gateway round trip for them
         self.near = NearCache(near_cache_s)
+        # While the Gateway is down: "open" admits without limits, "closed" answers 503 (the cache fails open).
+        self.gateway_failure, self.gateway_timeout_s = gateway_failure, gateway_timeout_s
+        self.retry_after_s = retry_after_s
+        self._background: set[asyncio.Task] = set()  # fire-and-forget Gateway calls, kept until done
 
     # -- plain routes -----------------------------------------------------------------------------------
     @api.get("/", response_class=HTMLResponse)
@@ -231,73 +237,146 @@ class Ingress(SpanSource):
             logs.request_id_var.reset(rid_token)
 
     async def _serve_in_span(self, request: Request, kind: str, request_id: str, obs: RequestObserver):
-        limit_headers: dict = {"x-trace-id": obs.trace_id} if obs.trace_id else {}
+        headers: dict = {"x-trace-id": obs.trace_id} if obs.trace_id else {}
+        account = None  # (key name, reserved tokens, lease): what the Gateway must be told when the request ends
         try:
-            key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
-            obs.key_name = key.name if key is not ANONYMOUS else "anonymous"
-            body = await self._body(request)
-            req = parse_request(body, ROUTES[kind])
-            if obs.log_text:
-                obs.prompt_text = json.dumps(body.get("messages") if kind == "chat" else body.get("prompt"))
-            model = req.model or self.model_name
-            if model not in (self.model_name, f"{self.model_name}/{self.version}"):
-                raise RequestError(f"model {req.model!r} does not exist; this server has {self.model_name!r}",
-                                   status=404, param="model", code="model_not_found")
-            self.keys.authorize(key, self.model_name)
-            ckey = None
-            if self.cached and cacheable(body) and "no-cache" not in request.headers.get("cache-control", ""):
-                ckey = cache_key(self.version, kind, body)
-                with obs.child("response_cache.lookup"):
-                    hit = self.near.get(ckey)
-                    if hit is None:
-                        hit = await self.gateway.cache_get.remote(ckey)
-                        if hit is not None:
-                            self.near.put(ckey, hit)
-                obs.cache_result(hit is not None)
-                if hit is not None:
-                    obs.finish(200, hit.get("usage"))
-                    return self._from_cache(kind, hit, req, request_id, limit_headers)
+            req, body = await self._parse(request, kind, obs)
+            ckey = self._cache_key(request, kind, body)
+            hit = await self._cache_lookup(ckey, obs) if ckey else None
+            if hit is not None:
+                obs.finish(200, hit.get("usage"))
+                return self._from_cache(kind, hit, req, request_id, headers)
             prepare = self.pre.prepare_chat if kind == "chat" else self.pre.prepare
             prompt_ids, params = await prepare.remote(req, trace=obs.carrier())
             reserved = len(prompt_ids) + params.max_tokens * params.n
-            decision = None
-            if self.rate_limited:
-                with obs.child("rate_limit.acquire"):
-                    decision = await self.gateway.acquire.remote(obs.key_name, reserved)
-            if decision is not None:
-                limit_headers.update(decision.headers())
-                if not decision.allowed:
-                    why = "tokens" if reserved > decision.remaining_tokens else "requests"
-                    raise RequestError(f"rate limit reached for {why} per minute; retry after "
-                                       f"{limit_headers['retry-after']} s", status=429, type="rate_limit_error",
-                                       code="rate_limit_exceeded")
-            deltas = self.post.options(stream=True).stream.remote(prompt_ids, params, trace=obs.carrier())
-            first = await deltas.__anext__()  # errors up to the first delta still get a status code
-        except StopAsyncIteration:
-            first = None
+            account = await self._admit(obs.key_name, reserved, request_id, headers, obs)
+            first, deltas = await self._start(prompt_ids, params, obs)
         except Exception as exc:
+            self._settle_account(account, 0)
             err = self._as_error(exc)
             if err.code == "content_policy_violation":
                 obs.safety = "refused_input"
             obs.finish(err.status, error=err.message)
-            return _error(err, request_id, limit_headers)
-        headers = {"x-request-id": request_id, "x-raygen-model-version": self.version, **limit_headers}
-        account = (key.name, reserved) if decision is not None else None
+            return _error(err, request_id, {**headers, **err.headers()})
+        version = first.version if first is not None and first.version else self.version
+        headers.update({"x-request-id": request_id, "x-raygen-model-version": version})
+        # Cache only what the version the key names produced (during a promotion both versions serve).
+        ckey = ckey if version == self.version else None
         if req.stream:
-            return StreamingResponse(self._sse(kind, request_id, req, first, deltas, ckey, account, obs),
+            return StreamingResponse(self._sse(kind, request_id, req, first, deltas, ckey, account, obs, version),
                                      media_type="text/event-stream", headers=headers)
+        return await self._whole(kind, request_id, first, deltas, ckey, account, obs, version, headers)
+
+    async def _parse(self, request: Request, kind: str, obs: RequestObserver):
+        """Authenticate, read and validate the body, check the model and the key's right to it."""
+        key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        obs.key_name = key.name if key is not ANONYMOUS else "anonymous"
+        body = await self._body(request)
+        req = parse_request(body, ROUTES[kind])
+        if obs.log_text:
+            obs.prompt_text = json.dumps(body.get("messages") if kind == "chat" else body.get("prompt"))
+        model = req.model or self.model_name
+        if model not in (self.model_name, f"{self.model_name}/{self.version}"):
+            raise RequestError(f"model {req.model!r} does not exist; this server has {self.model_name!r}",
+                               status=404, param="model", code="model_not_found")
+        self.keys.authorize(key, self.model_name)
+        return req, body
+
+    def _cache_key(self, request: Request, kind: str, body: dict) -> str | None:
+        if self.cached and cacheable(body) and "no-cache" not in request.headers.get("cache-control", ""):
+            return cache_key(self.version, kind, body)
+        return None
+
+    async def _cache_lookup(self, ckey: str, obs: RequestObserver) -> dict | None:
+        with obs.child("response_cache.lookup"):
+            hit = self.near.get(ckey)
+            if hit is None:
+                try:
+                    hit = await self._gateway_call("cache_get", ckey)
+                except _GatewayDown:
+                    hit = None  # the cache fails open: a miss
+                if hit is not None:
+                    self.near.put(ckey, hit)
+        obs.cache_result(hit is not None)
+        return hit
+
+    async def _admit(self, key_name: str, reserved: int, lease: str, headers: dict, obs: RequestObserver):
+        """Rate limits and the concurrency cap (429), or, while the Gateway is down, as configured. Returns the
+        account to settle when the request ends (None: nothing to settle)."""
+        if not self.rate_limited:
+            return None
+        with obs.child("rate_limit.acquire"):
+            try:
+                admission = await self._gateway_call("acquire", key_name, reserved, lease)
+            except _GatewayDown as exc:
+                if self.gateway_failure == "closed":
+                    raise unavailable("the rate limiter is unavailable (being restarted); retry shortly",
+                                      self.retry_after_s, code="rate_limiter_unavailable") from exc
+                return None  # open: admitted without limits until the Gateway is back
+        headers.update(admission.headers)
+        if not admission.allowed:
+            raise RequestError(admission.message, status=429, type="rate_limit_error",
+                               code="concurrency_limit_exceeded" if admission.reason == "concurrency"
+                               else "rate_limit_exceeded")
+        return key_name, reserved, lease
+
+    async def _start(self, prompt_ids: list[int], params, obs: RequestObserver):
+        """Start generating; returns (first delta or None, the rest). A model replica that died before the first
+        delta (nothing reached the client yet) gets the request once more: Serve routes it to a live one."""
+        for attempt in (1, 2):
+            deltas = self.post.options(stream=True).stream.remote(prompt_ids, params, trace=obs.carrier())
+            try:
+                return await deltas.__anext__(), deltas
+            except StopAsyncIteration:
+                return None, deltas
+            except Exception as exc:
+                if attempt == 2 or not _replica_gone(exc):
+                    raise
+                log.warning("model replica gone before the first token (%s); retrying once", exc.__class__.__name__)
+
+    async def _gateway_call(self, method: str, *args):
+        """One Gateway call, bounded by gateway_timeout_s; _GatewayDown when it is dead, restarting or slow."""
+        try:
+            return await asyncio.wait_for(_awaited(getattr(self.gateway, method).remote(*args)),
+                                          self.gateway_timeout_s)
+        except Exception as exc:
+            if as_request_error(exc) is not None:
+                raise
+            record("raygen_gateway_failures_total", model=self.model_name, call=method)
+            log.warning("gateway %s failed (%s): %s", method, exc.__class__.__name__,
+                        "cache misses" if method.startswith("cache") else f"limits fail {self.gateway_failure}")
+            raise _GatewayDown(method) from exc
+
+    def _gateway_tell(self, method: str, *args) -> None:
+        """A Gateway call nobody waits for (settle, cache_put): its failure is logged, never raised."""
+        async def call():
+            try:
+                await self._gateway_call(method, *args)
+            except Exception:
+                pass  # _gateway_call counted and logged it
+        task = asyncio.ensure_future(call())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _settle_account(self, account, used: int) -> None:
+        if account:
+            self._gateway_tell("settle", account[0], account[1], used, account[2])
+
+    async def _whole(self, kind, request_id, first, deltas, ckey, account, obs, version, headers):
+        """A non-streamed answer: gather every delta, then one JSON body."""
         choices: dict[int, list[Delta]] = {}
         try:
             async for d in _chain(first, deltas):
                 obs.delta(d.index, d.completion_tokens, d.text, d.prompt_tokens)
                 choices.setdefault(d.index, []).append(d)
         except Exception as exc:
+            self._settle_account(account, 0)
             err = self._as_error(exc)
             obs.finish(err.status, error=err.message)
-            return _error(err, request_id, {"x-trace-id": obs.trace_id} if obs.trace_id else None)
-        result = fmt.whole(kind, request_id, self.model_name, self.version, choices)
+            return _error(err, request_id, {**({"x-trace-id": obs.trace_id} if obs.trace_id else {}), **err.headers()})
+        result = fmt.whole(kind, request_id, self.model_name, version, choices)
         self._settle(obs, result)
-        await self._after(result, ckey, account)
+        self._after(result, ckey, account)
         return JSONResponse(result, headers=headers)
 
     @staticmethod
@@ -312,12 +391,11 @@ class Ingress(SpanSource):
             raise RequestError(f"request body is {len(raw)} bytes; the limit is {self.max_body_bytes}", status=413)
         return load_json(raw)
 
-    async def _after(self, result: dict, ckey: str | None, account: tuple[str, int] | None) -> None:
-        """Book a finished response: refund unused tokens, cache it when it is complete."""
-        if account:
-            self.gateway.settle.remote(account[0], account[1], result["usage"]["total_tokens"])
-        if ckey and all(c["finish_reason"] in ("stop", "length") for c in result["choices"]):
-            self.gateway.cache_put.remote(ckey, result)
+    def _after(self, result: dict | None, ckey: str | None, account) -> None:
+        """Book an ended response: refund unused tokens and free its lease, cache it when it is complete."""
+        self._settle_account(account, result["usage"]["total_tokens"] if result else 0)
+        if result and ckey and all(c["finish_reason"] in ("stop", "length") for c in result["choices"]):
+            self._gateway_tell("cache_put", ckey, result)
             self.near.put(ckey, result)
 
     def _from_cache(self, kind: str, hit: dict, req, request_id: str, extra: dict | None = None):
@@ -334,21 +412,24 @@ class Ingress(SpanSource):
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    @staticmethod
-    def _as_error(exc: Exception) -> RequestError:
+    def _as_error(self, exc: Exception) -> RequestError:
+        """Any failure as the client sees it: our RequestErrors as they are; overload and a model replica that
+        died as 503 with Retry-After; anything else is a 500 (our fault, logged whole)."""
         rerr = as_request_error(exc)
         if rerr is not None:
             return rerr
         from ray.serve.exceptions import BackPressureError
 
-        if isinstance(exc, BackPressureError) or isinstance(getattr(exc, "cause", None), BackPressureError):
-            return RequestError("the server is overloaded; retry shortly", status=503, type="server_error",
-                                code="overloaded")
+        if find_cause(exc, BackPressureError) is not None:
+            return unavailable("the server is overloaded; retry shortly", self.retry_after_s)
+        if _replica_gone(exc):
+            return unavailable(f"the model replica serving this request stopped ({exc.__class__.__name__}); "
+                               "retry: another replica takes it", self.retry_after_s, code="replica_unavailable")
         log.exception("completion failed")  # our fault: log it whole, tell the client it is a server error
         return RequestError(f"internal error: {exc.__class__.__name__}", status=500, type="server_error")
 
     async def _sse(self, kind: str, request_id: str, req, first: Delta | None, deltas, ckey, account,
-                   obs: RequestObserver):
+                   obs: RequestObserver, version: str):
         choices: dict[int, list[Delta]] = {}
         offsets: dict[int, int] = {}
         done, err = False, None
@@ -360,7 +441,7 @@ class Ingress(SpanSource):
                 c = fmt.choice(kind, d.index, [d], stream=True, first=first_of_choice, offset=offsets.get(d.index, 0))
                 if c.get("logprobs") and kind == "text":
                     offsets[d.index] = offsets.get(d.index, 0) + sum(len(t) for t in c["logprobs"]["tokens"])
-                yield f"data: {json.dumps(fmt.envelope(kind, request_id, self.model_name, self.version, [c], True))}\n\n"
+                yield f"data: {json.dumps(fmt.envelope(kind, request_id, self.model_name, version, [c], True))}\n\n"
             done = True
         except Exception as exc:  # the stream already started: report in-band, as OpenAI does
             err = self._as_error(exc)
@@ -370,14 +451,35 @@ class Ingress(SpanSource):
                 deltas.cancel()  # client gone or failure: stop generating, free the KV blocks
                 # 499: the client went away (nginx's convention); an in-band error keeps its own status
                 obs.finish(err.status if err else 499, error=err.message if err else "client disconnected")
+                # Here, not below: a client that left closes this generator at its yield, so nothing after
+                # the finally runs. A failed request is refunded; a client that left pays its reservation.
+                self._settle_account(account, 0 if err else account[1] if account else 0)
         if choices:
-            result = fmt.whole(kind, request_id, self.model_name, self.version, choices)
-            if done:
+            result = fmt.whole(kind, request_id, self.model_name, version, choices)
+            if done:  # booked before the last yields, which a leaving client never resumes
                 self._settle(obs, result)
+                self._after(result, ckey, account)
             if req.stream_options and req.stream_options.include_usage:
-                usage = {**fmt.envelope(kind, request_id, self.model_name, self.version, [], True),
+                usage = {**fmt.envelope(kind, request_id, self.model_name, version, [], True),
                          "usage": result["usage"]}
                 yield f"data: {json.dumps(usage)}\n\n"
-            await self._after(result, ckey if done else None, account)
+        elif done:
+            self._settle_account(account, 0)
         obs.finish(200)  # a stream with no choices (idempotent otherwise)
         yield "data: [DONE]\n\n"
+
+
+class _GatewayDown(Exception):
+    """A Gateway call failed or timed out (the actor died, is being replaced, or is overloaded)."""
+
+
+async def _awaited(response):
+    return await response
+
+
+def _replica_gone(exc: BaseException) -> bool:
+    """Did the request fail because the replica serving it died or is going away (not because of the request)?"""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    return find_cause(exc, (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)) is not None

@@ -16,25 +16,27 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from ray import serve
 
-from raygen.engine.request import RequestOutput, SamplingParams
-from raygen.errors import RequestError
+from raygen.engine.request import EngineOverloadedError, RequestOutput, SamplingParams
+from raygen.errors import RequestError, unavailable
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.requests import engine_spans
 from raygen.observability.tracing import SpanSource, extract, tracer
+from raygen.serve.protocol import ReplicaChunk
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
 class LLMServer(SpanSource):
     def __init__(self, model_dir: str, engine: dict, torch_threads: int = 0, model_name: str = "model",
-                 observability: dict | None = None):
-        """engine: the serve.engine section of the raygen config (EngineSettings, as a dict)."""
+                 observability: dict | None = None, version: str = "", retry_after_s: int = 1):
+        """engine: the serve.engine section of the raygen config (EngineSettings, as a dict); version: the
+        registry version this replica serves (every chunk it yields names it)."""
         import torch
 
         from raygen.engine.engine import AsyncLLMEngine, EngineConfig
 
         init_process(observability, "raygen-llm")
-        self.model_name = model_name
+        self.model_name, self.version, self.retry_after_s = model_name, version, retry_after_s
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         mib = engine.pop("kv_cache_mib", None)
         self.engine = AsyncLLMEngine.from_config(
@@ -42,10 +44,10 @@ class LLMServer(SpanSource):
         record("raygen_llm_replica_starts_total", model=model_name)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, trace: dict | None = None
-                       ) -> AsyncIterator[list[RequestOutput]]:
-        """Yields lists of deltas (one per sequence that advanced) until every sequence has finished.
-        Cancelling the call (client gone) aborts the request and frees its KV blocks. trace: the caller's
-        W3C trace context."""
+                       ) -> AsyncIterator[ReplicaChunk]:
+        """Yields the deltas of the sequences that advanced (one per sequence), until every sequence has
+        finished. Cancelling the call (client gone) aborts the request and frees its KV blocks. trace: the
+        caller's W3C trace context. A full waiting queue is a 503 with Retry-After."""
         span = tracer().start_span("llm.generate", context=extract(trace),
                                    attributes={"raygen.prompt_tokens": len(prompt_ids), "raygen.n": params.n,
                                                "raygen.max_tokens": params.max_tokens})
@@ -54,12 +56,14 @@ class LLMServer(SpanSource):
                 stream = self.engine.add_request(prompt_ids, params, batched=True)
             except ValueError as exc:  # too long for the cache, bad ids: the caller's fault
                 raise RequestError(str(exc), param="prompt") from exc
+            except EngineOverloadedError as exc:
+                raise unavailable(f"the model replica is overloaded: {exc}", self.retry_after_s) from exc
             try:
                 async for chunk in stream:
                     for out in chunk:
                         if out.timing is not None:
                             self._finished(span, out)
-                    yield chunk
+                    yield ReplicaChunk(self.version, chunk)
             finally:
                 await stream.aclose()
         except Exception as exc:  # not GeneratorExit or cancellation: the caller left, nothing failed
@@ -77,10 +81,14 @@ class LLMServer(SpanSource):
             record("raygen_queue_time_seconds", t.scheduled - t.arrival, model=self.model_name)
 
     def stats(self) -> dict:
-        """Engine stats of this replica, with its Serve replica id."""
+        """Engine stats of this replica, with its Serve replica id, actor name and process id."""
         from dataclasses import asdict
 
-        return {"replica": serve.get_replica_context().replica_id.unique_id, **asdict(self.engine.stats())}
+        import ray
+
+        return {"replica": serve.get_replica_context().replica_id.unique_id, "version": self.version,
+                "actor_name": ray.get_runtime_context().get_actor_name(), "pid": os.getpid(),
+                **asdict(self.engine.stats())}
 
     def record_routing_stats(self) -> dict:
         """What PrefixAwareRouter balances on (Serve polls it every request_routing_stats_period_s); the

@@ -56,7 +56,7 @@ class Postprocessor(SpanSource):
         try:
             async for chunk in gen:
                 chunks += 1
-                for out in chunk:
+                for out in chunk.outputs:
                     text, reason = out.text, out.finish_reason
                     if guards:
                         g = guards[out.index]
@@ -73,7 +73,7 @@ class Postprocessor(SpanSource):
                     lps = self._logprobs(out) if out.logprobs is not None else None
                     if text or reason or lps:
                         yield Delta(out.index, text, reason, lps, out.num_prompt_tokens, out.num_output_tokens,
-                                    out.num_cached_tokens)
+                                    out.num_cached_tokens, chunk.version)
                     if reason:
                         live -= 1
                         if reason == "content_filter" and live == 0:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raygen.engine.request import RequestOutput
 from raygen.errors import RequestError
 
 
@@ -278,6 +279,15 @@ def parse_request(body: Any, model_cls: type[BaseModel] = CompletionRequest) -> 
 
 
 @dataclass
+class ReplicaChunk:
+    """What a model replica yields: the deltas of the sequences that advanced, and which model version
+    produced them (during a promotion old and new replicas serve side by side)."""
+
+    version: str
+    outputs: list[RequestOutput]
+
+
+@dataclass
 class Delta:
     """One chunk of one choice of a streamed completion, as it leaves the postprocessor."""
 
@@ -288,3 +298,4 @@ class Delta:
     prompt_tokens: int = 0  # usage: set on the choice's last delta
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    version: str = ""  # the model version that produced it

@@ -88,3 +88,41 @@ class RateLimiter:
     def _decision(self, allowed: bool, wait: float, req: Bucket, tok: Bucket) -> Decision:
         return Decision(allowed, wait, self.rpm, int(req.level), self.tpm, int(tok.level),
                         (req.capacity - req.level) / req.rate, (tok.capacity - tok.level) / tok.rate)
+
+
+class ConcurrencyLimiter:
+    """Per-key cap on requests generating at once. Each admitted request holds a lease until `release`;
+    a lease also expires after `lease_ttl_s`, so the leases of an ingress replica that died mid-request
+    come back by themselves."""
+
+    def __init__(self, max_per_key: int, lease_ttl_s: float = 600.0):
+        if max_per_key < 1:
+            raise ValueError("max_concurrent_per_key must be >= 1")
+        self.max_per_key, self.ttl = max_per_key, lease_ttl_s
+        self._leases: dict[str, tuple[str, float]] = {}  # lease id -> (key, expiry clock)
+        self._held: dict[str, int] = {}  # key -> leases held
+
+    def acquire(self, key: str, lease: str, now: float) -> bool:
+        self._expire(now)
+        if lease in self._leases:
+            return True
+        if self._held.get(key, 0) >= self.max_per_key:
+            return False
+        self._leases[lease] = (key, now + self.ttl)
+        self._held[key] = self._held.get(key, 0) + 1
+        return True
+
+    def release(self, lease: str) -> None:
+        held = self._leases.pop(lease, None)
+        if held is not None:
+            key = held[0]
+            self._held[key] -= 1
+            if not self._held[key]:
+                del self._held[key]
+
+    def held(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    def _expire(self, now: float) -> None:
+        for lease in [lease for lease, (_, until) in self._leases.items() if until <= now]:
+            self.release(lease)
