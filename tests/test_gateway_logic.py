@@ -50,6 +50,9 @@ def test_concurrency_cap_is_per_key_released_on_finish_and_expires_leases_of_dea
     assert lim.acquire("a", "r5", 64) and lim.held("a") == 1
     with pytest.raises(ValueError):
         ConcurrencyLimiter(0)
+    named = ConcurrencyLimiter(None, per_key={"batch-job": 1})  # only the named key is capped
+    assert named.acquire("batch-job", "x1", 0) and not named.acquire("batch-job", "x2", 0)
+    assert all(named.acquire("anyone", f"y{i}", 0) for i in range(50)) and named.cap("anyone") is None
 
 
 def test_cache_key_ignores_streaming_and_defaults_but_not_seed_or_version():

@@ -242,6 +242,8 @@ class ApiKeyEntry(_Model):
     key_sha256: str | None = Field(None, description="sha256 hex digest of the key.")
     models: list[str] | None = Field(None, description="Models this key may use; unset: all.")
     admin: bool = Field(False, description="May call admin endpoints (cache invalidation).")
+    max_concurrent: int | None = Field(None, ge=1, description="Requests this key may have generating at once "
+                                       "(overrides serve.rate_limit.max_concurrent_per_key).")
 
 
 class AuthSettings(_Model):

@@ -74,13 +74,14 @@ def build_graph(cfg: RaygenConfig) -> Application:
     else:
         # In the ingress process: two Serve hops fewer on every request (benchmarks/serve_bench.py).
         pre, post = pre_args, post_args
-    gateway = Gateway.bind(s.rate_limit.model_dump(), s.cache.model_dump(), version)
     rl = s.rate_limit
+    key_caps = {k.name: k.max_concurrent for k in s.auth.keys if k.max_concurrent}
+    gateway = Gateway.bind(rate_limit=rl.model_dump(), cache=s.cache.model_dump(), version=version, key_caps=key_caps)
     return Ingress.options(num_replicas=s.ingress_replicas, max_ongoing_requests=s.ingress_max_ongoing_requests,
                            max_queued_requests=s.ingress_max_queued_requests).bind(
         preprocessor=pre, postprocessor=post, gateway=gateway, llm=llm, model_name=cfg.registry.name,
         version=version, max_body_bytes=s.max_body_bytes, auth=s.auth.model_dump(exclude_none=True),
-        rate_limited=rl.enabled or rl.max_concurrent_per_key is not None, cached=s.cache.enabled,
+        rate_limited=rl.enabled or rl.max_concurrent_per_key is not None or bool(key_caps), cached=s.cache.enabled,
         near_cache_s=s.cache.near_ttl_s, observability=obs, gateway_failure=rl.on_gateway_failure,
         gateway_timeout_s=rl.gateway_timeout_s, retry_after_s=s.retry_after_s)
 

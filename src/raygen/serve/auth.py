@@ -4,7 +4,7 @@ Pure Python. A key is presented as `Authorization: Bearer <key>` (or `x-api-key`
 logged: a key is named by its `name` everywhere. With no keys configured, auth is off (local use).
 
 Sources, merged:
-    config   serve.auth.keys: [{name, key | key_sha256, models: [...] | null, admin: bool}]
+    config   serve.auth.keys: [{name, key | key_sha256, models: [...] | null, admin: bool, max_concurrent}]
     env      RAYGEN_API_KEYS="name1:key1,name2:key2"   (all models, not admin)
     file     serve.auth.keys_file: one "name:key[:model1|model2][:admin]" per line; # comments
 """

@@ -35,11 +35,12 @@ class Admission:
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 class Gateway:
-    def __init__(self, rate_limit: dict, cache: dict, version: str):
+    def __init__(self, rate_limit: dict, cache: dict, version: str, key_caps: dict[str, int] | None = None):
+        """key_caps: concurrency caps of named API keys (overriding rate_limit's max_concurrent_per_key)."""
         self.limiter = RateLimiter(rate_limit["requests_per_minute"], rate_limit["tokens_per_minute"]) \
             if rate_limit["enabled"] else None
         cap = rate_limit.get("max_concurrent_per_key")
-        self.concurrency = ConcurrencyLimiter(cap) if cap else None
+        self.concurrency = ConcurrencyLimiter(cap, per_key=key_caps) if cap or key_caps else None
         self.cache = ResponseCache(cache["max_entries"], cache["max_mib"] * 2**20, cache["ttl_s"]) \
             if cache["enabled"] else None
         self.version = version
@@ -53,7 +54,7 @@ class Gateway:
         now = time.monotonic()
         if self.concurrency and not self.concurrency.acquire(key, lease, now):
             return Admission(False, "concurrency", {"retry-after": "1",
-                                                    "x-raygen-limit-concurrent": str(self.concurrency.max_per_key)})
+                                                    "x-raygen-limit-concurrent": str(self.concurrency.cap(key))})
         if self.limiter is None:
             return Admission(True)
         d = self.limiter.acquire(key, tokens, now)

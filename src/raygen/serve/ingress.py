@@ -142,6 +142,36 @@ class _LocalStream:
         asyncio.ensure_future(self._agen.aclose())  # runs the generator's finally: the LLM stream is cancelled
 
 
+# Defined before the class: @serve.ingress pickles the app (and what its routes reference) right there.
+class _ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its generator when it ends for any reason. Starlette leaves a
+    generator whose client went away suspended at its `yield` (it is cancelled in `send`, outside the
+    generator), so the generator's `finally` (cancel the generation, release the key's lease) would wait
+    for the garbage collector."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+class _GatewayDown(Exception):
+    """A Gateway call failed or timed out (the actor died, is being replaced, or is overloaded)."""
+
+
+async def _awaited(response):
+    return await response
+
+
+def _replica_gone(exc: BaseException) -> bool:
+    """Did the request fail because the replica serving it died or is going away (not because of the request)?"""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    return find_cause(exc, (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)) is not None
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress(SpanSource):
@@ -263,8 +293,8 @@ class Ingress(SpanSource):
         # Cache only what the version the key names produced (during a promotion both versions serve).
         ckey = ckey if version == self.version else None
         if req.stream:
-            return StreamingResponse(self._sse(kind, request_id, req, first, deltas, ckey, account, obs, version),
-                                     media_type="text/event-stream", headers=headers)
+            return _ClosingStreamingResponse(self._sse(kind, request_id, req, first, deltas, ckey, account, obs,
+                                                       version), media_type="text/event-stream", headers=headers)
         return await self._whole(kind, request_id, first, deltas, ckey, account, obs, version, headers)
 
     async def _parse(self, request: Request, kind: str, obs: RequestObserver):
@@ -468,18 +498,3 @@ class Ingress(SpanSource):
         obs.finish(200)  # a stream with no choices (idempotent otherwise)
         yield "data: [DONE]\n\n"
 
-
-class _GatewayDown(Exception):
-    """A Gateway call failed or timed out (the actor died, is being replaced, or is overloaded)."""
-
-
-async def _awaited(response):
-    return await response
-
-
-def _replica_gone(exc: BaseException) -> bool:
-    """Did the request fail because the replica serving it died or is going away (not because of the request)?"""
-    from ray.exceptions import RayActorError
-    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
-
-    return find_cause(exc, (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)) is not None

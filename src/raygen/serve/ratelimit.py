@@ -95,10 +95,12 @@ class ConcurrencyLimiter:
     a lease also expires after `lease_ttl_s`, so the leases of an ingress replica that died mid-request
     come back by themselves."""
 
-    def __init__(self, max_per_key: int, lease_ttl_s: float = 600.0):
-        if max_per_key < 1:
-            raise ValueError("max_concurrent_per_key must be >= 1")
-        self.max_per_key, self.ttl = max_per_key, lease_ttl_s
+    def __init__(self, max_per_key: int | None, lease_ttl_s: float = 600.0, per_key: dict[str, int] | None = None):
+        """max_per_key: every key's cap (None: uncapped); per_key: caps of named keys, overriding it."""
+        caps = [max_per_key] if max_per_key is not None else []
+        if any(c < 1 for c in caps + list((per_key or {}).values())):
+            raise ValueError("concurrency caps must be >= 1")
+        self.max_per_key, self.per_key, self.ttl = max_per_key, dict(per_key or {}), lease_ttl_s
         self._leases: dict[str, tuple[str, float]] = {}  # lease id -> (key, expiry clock)
         self._held: dict[str, int] = {}  # key -> leases held
 
@@ -106,7 +108,8 @@ class ConcurrencyLimiter:
         self._expire(now)
         if lease in self._leases:
             return True
-        if self._held.get(key, 0) >= self.max_per_key:
+        cap = self.cap(key)
+        if cap is not None and self._held.get(key, 0) >= cap:
             return False
         self._leases[lease] = (key, now + self.ttl)
         self._held[key] = self._held.get(key, 0) + 1
@@ -119,6 +122,9 @@ class ConcurrencyLimiter:
             self._held[key] -= 1
             if not self._held[key]:
                 del self._held[key]
+
+    def cap(self, key: str) -> int | None:
+        return self.per_key.get(key, self.max_per_key)
 
     def held(self, key: str) -> int:
         return self._held.get(key, 0)
