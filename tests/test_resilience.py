@@ -61,8 +61,10 @@ def long_server(trained, tiny_config, tmp_path_factory):
     s.llm_replicas, s.llm_num_cpus = 2, 0.25
     s.max_tokens_limit = 256
     s.engine.kv_cache_mib = 96  # ~96k tokens of this model: 16 prompts of 3,500 tokens fit with room
-    s.engine.max_num_seqs, s.engine.max_num_waiting = 16, 8  # with 2 replicas: 48 generating or waiting
-    s.llm_max_ongoing_requests, s.llm_max_queued_requests = 32, 8
+    # Per replica 40 in the engine (16 running, 24 waiting), 48 from Serve: overload is reachable with 120
+    # clients, while 32 (the fault and promotion tests) fit on one replica during a rolling update.
+    s.engine.max_num_seqs, s.engine.max_num_waiting = 16, 24
+    s.llm_max_ongoing_requests, s.llm_max_queued_requests = 48, 8
     s.rate_limit.requests_per_minute, s.rate_limit.tokens_per_minute = 100_000, 10_000_000
     s.auth.keys = [{"name": "main", "key": "sk-main"}, {"name": "capped", "key": CAPPED_KEY, "max_concurrent": CAP}]
     cfg = type(cfg).model_validate(cfg.model_dump())
@@ -215,12 +217,13 @@ def test_per_key_concurrency_cap_answers_429_with_retry_after(long_server):
 
 
 def test_overload_is_refused_fast_with_503_retry_after_and_openai_bodies(long_server):
-    """100 clients at once against room for 48 generating or waiting (+8 queued in Serve): the rest get 503
-    with Retry-After at once; nothing else fails; memory and KV blocks come back."""
+    """120 clients at once against room for 80 in the engines (2 x 48 from Serve, +8 queued in the router):
+    the rest get 503 with Retry-After at once, from the engine's waiting bound or Serve's queue bound; nothing
+    else fails; the KV blocks come back."""
     body = {"prompt": ids(32, seed=4), "max_tokens": 64, "ignore_eos": True, "temperature": 0.9}
-    with ThreadPoolExecutor(100) as pool:
+    with ThreadPoolExecutor(120) as pool:
         results = list(pool.map(lambda i: post(long_server, {**body, "seed": i, "stream": i % 3 == 0}, timeout=120),
-                                range(100)))
+                                range(120)))
     statuses = [r[0] for r in results]
     assert statuses.count(503) >= 20 and set(statuses) == {200, 503}, statuses
     for status, headers, data, _ in results:
