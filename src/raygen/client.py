@@ -56,8 +56,10 @@ class AsyncClient:
                 err = (await resp.json())["error"]
             except Exception:
                 err = {"message": await resp.text()}
+            retry = resp.headers.get("Retry-After")
             raise RequestError(err.get("message", ""), status=resp.status, param=err.get("param"),
-                               type=err.get("type") or "invalid_request_error", code=err.get("code"))
+                               type=err.get("type") or "invalid_request_error", code=err.get("code"),
+                               retry_after=int(retry) if retry and retry.isdigit() else None)
 
     async def _post(self, path: str, body: dict) -> dict:
         async with (await self._s()).post(self.base_url + path, json=body) as resp:
@@ -73,8 +75,11 @@ class AsyncClient:
                     continue
                 event = json.loads(line[6:])
                 if "error" in event:
-                    e = event["error"]
-                    raise RequestError(e.get("message", ""), status=500, type=e.get("type") or "server_error")
+                    e = event["error"]  # in-band, after the stream began: a replica lost or a server fault
+                    retryable = e.get("code") in ("replica_unavailable", "overloaded")
+                    raise RequestError(e.get("message", ""), status=503 if retryable else 500,
+                                       type=e.get("type") or "server_error", code=e.get("code"),
+                                       retry_after=1 if retryable else None)
                 yield event
 
     async def models(self) -> list[str]:
