@@ -64,7 +64,9 @@ def long_server(trained, tiny_config, tmp_path_factory):
     # Per replica 40 in the engine (16 running, 24 waiting), 48 from Serve: overload is reachable with 120
     # clients, while 32 (the fault and promotion tests) fit on one replica during a rolling update.
     s.engine.max_num_seqs, s.engine.max_num_waiting = 16, 24
-    s.llm_max_ongoing_requests, s.llm_max_queued_requests = 48, 8
+    # 32 queued per caller: a new ingress replica (a promotion redeploys it) queues its first requests until
+    # it learns the model replicas; fewer than the clients would be spurious 503s then.
+    s.llm_max_ongoing_requests, s.llm_max_queued_requests = 48, 32
     s.rate_limit.requests_per_minute, s.rate_limit.tokens_per_minute = 100_000, 10_000_000
     s.auth.keys = [{"name": "main", "key": "sk-main"}, {"name": "capped", "key": CAPPED_KEY, "max_concurrent": CAP}]
     cfg = type(cfg).model_validate(cfg.model_dump())
@@ -245,7 +247,7 @@ def test_per_key_concurrency_cap_answers_429_with_retry_after(long_server):
 
 
 def test_overload_is_refused_fast_with_503_retry_after_and_openai_bodies(long_server):
-    """150 clients at once against room for 80 in the engines (2 x 48 from Serve, +8 queued in the router),
+    """150 clients at once against room for 80 in the engines (2 x 48 from Serve, +32 queued in the router),
     each holding its place for seconds: the rest get 503 with Retry-After at once, from the engine's waiting
     bound or Serve's queue bound; nothing else fails; the KV blocks come back."""
     _wait_running(2)
@@ -385,7 +387,7 @@ def test_promoting_a_version_under_32_streaming_clients_fails_nothing(long_serve
         while not stop.is_set():
             status, headers, events, _ = post(long_server, {"prompt": ids(16, seed=i), "max_tokens": 16, "seed": i,
                                                             "temperature": 0.8, "stream": True}, timeout=120)
-            state = sse_outcome(events)[0] if status == 200 else "http"
+            state = sse_outcome(events)[0] if status == 200 else f"http: {events}"
             chunk_versions = {json.loads(e).get("system_fingerprint") for e in events if e != "[DONE]"} \
                 if status == 200 else set()
             results.append((status, state, headers.get("x-raygen-model-version"), chunk_versions))
