@@ -310,8 +310,12 @@ class ServeConfig(_Model):
                                          "the model replicas beyond that; past it 503 with Retry-After at once.")
     ingress_max_ongoing_requests: int = Field(512, ge=1, description="HTTP requests one ingress replica handles at "
                                               "once; beyond them Serve's proxy queues, then answers 503 itself.")
-    ingress_max_queued_requests: int = Field(256, ge=1, description="Requests Serve's proxy queues per ingress "
+    ingress_max_queued_requests: int = Field(1024, ge=1, description="Requests Serve's proxy queues per ingress "
                                              "deployment beyond the ongoing ones.")
+    ingress_max_inflight: int | None = Field(None, ge=1, description="Generation requests one ingress replica "
+                                             "takes at once; past it 503 with Retry-After before any work (fast "
+                                             "under any pile-up). Unset: the model replicas' capacity, replicas (max "
+                                             "when autoscaling) x llm_max_ongoing_requests + llm_max_queued_requests.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of the 503s the server sends when overloaded.")
     torch_threads: int = Field(0, ge=0, description="torch threads per model replica; 0: all cores.")
     engine: EngineSettings = Field(default_factory=EngineSettings)

@@ -83,7 +83,15 @@ def build_graph(cfg: RaygenConfig) -> Application:
         version=version, max_body_bytes=s.max_body_bytes, auth=s.auth.model_dump(exclude_none=True),
         rate_limited=rl.enabled or rl.max_concurrent_per_key is not None or bool(key_caps), cached=s.cache.enabled,
         near_cache_s=s.cache.near_ttl_s, observability=obs, gateway_failure=rl.on_gateway_failure,
-        gateway_timeout_s=rl.gateway_timeout_s, retry_after_s=s.retry_after_s)
+        gateway_timeout_s=rl.gateway_timeout_s, retry_after_s=s.retry_after_s, max_inflight=_max_inflight(s))
+
+
+def _max_inflight(s) -> int:
+    """What one ingress replica lets through to the model replicas: their capacity unless set."""
+    if s.ingress_max_inflight is not None:
+        return s.ingress_max_inflight
+    replicas = s.autoscaling.max_replicas if s.autoscaling else s.llm_replicas
+    return replicas * s.llm_max_ongoing_requests + s.llm_max_queued_requests
 
 
 def build_app(args: dict) -> Application:

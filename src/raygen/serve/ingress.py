@@ -149,11 +149,15 @@ class _ClosingStreamingResponse(StreamingResponse):
     generator), so the generator's `finally` (cancel the generation, release the key's lease) would wait
     for the garbage collector."""
 
+    on_close = None  # called once the response has ended (the ingress's in-flight count)
+
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
+            if self.on_close is not None:
+                self.on_close()
 
 
 class _GatewayDown(Exception):
@@ -178,7 +182,7 @@ class Ingress(SpanSource):
     def __init__(self, preprocessor, postprocessor, gateway, llm, model_name: str, version: str, max_body_bytes: int,
                  auth: dict | None = None, rate_limited: bool = True, cached: bool = True, near_cache_s: float = 1.0,
                  observability: dict | None = None, gateway_failure: str = "open", gateway_timeout_s: float = 2.0,
-                 retry_after_s: int = 1):
+                 retry_after_s: int = 1, max_inflight: int | None = None):
         self.obs = init_process(observability, "raygen-ingress")
         # DeploymentHandles, or (the default, see app.py) the same classes run in this process.
         self.pre = preprocessor if not isinstance(preprocessor, dict) else _InProcess(Preprocessor, preprocessor)
@@ -196,6 +200,9 @@ class Ingress(SpanSource):
         # While the Gateway is down: "open" admits without limits, "closed" answers 503 (the cache fails open).
         self.gateway_failure, self.gateway_timeout_s = gateway_failure, gateway_timeout_s
         self.retry_after_s = retry_after_s
+        # Generation requests in this replica at most (the model replicas' capacity, see app.py): past it a 503
+        # comes back before any work is done, so refusals stay fast however many clients pile on.
+        self.max_inflight, self._inflight = max_inflight, 0
         self._background: set[asyncio.Task] = set()  # fire-and-forget Gateway calls, kept until done
 
     # -- plain routes -----------------------------------------------------------------------------------
@@ -259,12 +266,27 @@ class Ingress(SpanSource):
         obs = RequestObserver(ROUTE_LABEL[kind], self.model_name, self.version, request_id,
                               log_text=self.obs["log_text"], access=self.obs["access_log"],
                               parent=dict(request.headers))
+        if self.max_inflight is not None and self._inflight >= self.max_inflight:
+            err = unavailable(f"the server is overloaded ({self._inflight} requests in flight on this ingress "
+                              "replica); retry shortly", self.retry_after_s)
+            obs.finish(err.status, error=err.message)
+            return _error(err, request_id, err.headers())
+        self._inflight += 1
         rid_token = logs.request_id_var.set(request_id)
+        streaming = False
         try:
             with trace.use_span(obs.span, end_on_exit=False):
-                return await self._serve_in_span(request, kind, request_id, obs)
+                response = await self._serve_in_span(request, kind, request_id, obs)
+            if isinstance(response, _ClosingStreamingResponse):  # in flight until its last byte
+                response.on_close, streaming = self._one_less, True
+            return response
         finally:
             logs.request_id_var.reset(rid_token)
+            if not streaming:
+                self._one_less()
+
+    def _one_less(self) -> None:
+        self._inflight -= 1
 
     async def _serve_in_span(self, request: Request, kind: str, request_id: str, obs: RequestObserver):
         headers: dict = {"x-trace-id": obs.trace_id} if obs.trace_id else {}
