@@ -350,7 +350,10 @@ def summarize(args, records, t0, events, rss_start, rss_end, kv, burst_recs, kv_
     limited = [r["latency"] for r in records if r["client"] == "abuser" and r["status"] == 429]
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} CPUs", "minutes": args.minutes,
             "model": MODEL, "requests": len(records), "outcomes": dict(outcomes), "per_client": per_client,
-            "statuses": statuses, "lost_examples": [r for r in records if r["outcome"] == "lost"][:10],
+            "statuses": statuses,
+            "clean_error_reasons": dict(Counter(f"{r['status']} {r['why'][:80]}" for r in records
+                                                if r["outcome"] == "clean_error" and r["client"] != "abuser")),
+            "lost_examples": [r for r in records if r["outcome"] == "lost"][:10],
             "ttft_by_minute": by_minute, "events": events, "rss_start": rss_start, "rss_end": rss_end,
             "rss_same_process": growth, "kv_at_end": kv,
             "kv_blocks_in_use_at_end": sum(s["num_blocks"] - s["num_free_blocks"] for s in kv),
