@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from raygen.errors import ConfigError
+from raygen.errors import ConfigError, RaygenError
 from raygen.observability.alerts import AlertEvaluator, Rule, Window, parse_prometheus_text
 
 SCRAPE = """# HELP ray_raygen_requests_total Requests.
@@ -123,7 +123,7 @@ def test_metric_names_follow_prometheus_conventions_and_labels_are_bounded():
     for s in SIGNALS.values():
         for metric in re.findall(r"ray_raygen_[a-z_]+", s.promql):
             assert metric in scraped, metric
-    with pytest.raises(ValueError, match="takes labels"):
+    with pytest.raises(RaygenError, match="takes labels"):
         record("raygen_requests_total", model="m", status="200")  # route missing
     record("raygen_requests_total", model="m", route="/v1/completions", status="200")  # no Ray here: a no-op
 

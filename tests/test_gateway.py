@@ -122,13 +122,14 @@ def test_rate_limit_is_shared_by_ingress_replicas_and_says_when_to_retry(gateway
 def test_response_cache_hits_identical_and_fast_and_a_new_seed_misses(gateway_server):
     body = {"prompt": "The def statement", "max_tokens": 16, "temperature": 0.8, "seed": 11}
     s1, h1, b1 = post(gateway_server, "/v1/completions", body)
-    t = time.perf_counter()
     s2, h2, b2 = post(gateway_server, "/v1/completions", body)
-    hit_s = time.perf_counter() - t
     assert s1 == s2 == 200 and h2.get("x-raygen-cache") == "hit" and "x-raygen-cache" not in h1
     one, two = json.loads(b1), json.loads(b2)
     assert {**one, "id": "", "created": 0} == {**two, "id": "", "created": 0}
-    assert hit_s < 1.0  # (the benchmark measures it properly; here only "not a second generation")
+    # The same request with defaults spelled out and the model named is the same entry.
+    _, h_same, _ = post(gateway_server, "/v1/completions", {**body, "top_p": 1.0, "n": 1, "stream": False,
+                                                             "model": one["model"]})
+    assert h_same.get("x-raygen-cache") == "hit"
     _, h3, _ = post(gateway_server, "/v1/completions", {**body, "seed": 12})
     assert "x-raygen-cache" not in h3
     _, h4, _ = post(gateway_server, "/v1/completions", body, headers={"Cache-Control": "no-cache"})
@@ -145,16 +146,16 @@ def test_client_disconnect_frees_kv_blocks(gateway_server):
 
     from raygen.serve.app import APP_NAME
 
+    llm = serve.get_deployment_handle("LLMServer", APP_NAME)  # one model replica in this app
+    aborted = llm.stats.remote().result()["num_aborted"]
     host, port = gateway_server.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     conn.request("POST", "/v1/completions", json.dumps({"prompt": "The class", "max_tokens": 48, "stream": True,
-                                                        "ignore_eos": True}),
+                                                        "ignore_eos": True, "n": 4}),
                  {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.readline().startswith(b"data: ")
-    llm = serve.get_deployment_handle("LLMServer", APP_NAME)
-    assert llm.stats.remote().result()["num_running"] + llm.stats.remote().result()["num_waiting"] >= 0
-    conn.close()  # the client goes away mid-stream
+    conn.close()  # the client goes away mid-stream (after the first of 4 x 48 tokens)
     deadline = time.time() + 30
     while time.time() < deadline:
         st = llm.stats.remote().result()
@@ -162,6 +163,7 @@ def test_client_disconnect_frees_kv_blocks(gateway_server):
             break
         time.sleep(0.2)
     assert st["num_free_blocks"] == st["num_blocks"], st
+    assert st["num_aborted"] == aborted + 1, st  # the request was aborted, not run to its end
 
 
 def test_ready_and_admin_cache_invalidation(gateway_server):

@@ -56,12 +56,23 @@ def test_concurrency_cap_is_per_key_released_on_finish_and_expires_leases_of_dea
 
 
 def test_cache_key_ignores_streaming_and_defaults_but_not_seed_or_version():
-    a = {"prompt": "x", "temperature": 0, "stream": True, "max_tokens": 16}
-    b = {"max_tokens": 16, "prompt": "x", "temperature": 0, "top_p": 1.0}
-    assert cache_key("v1", "c", a, {"top_p": 1.0}) == cache_key("v1", "c", b, {"top_p": 1.0})
-    assert cache_key("v2", "c", a) != cache_key("v1", "c", a)
-    assert cache_key("v1", "c", {**a, "seed": 1}) != cache_key("v1", "c", {**a, "seed": 2})
-    assert cacheable(a) and cacheable({"prompt": "x", "seed": 3}) and not cacheable({"prompt": "x"})
+    """The ingress keys the validated request (protocol models fill the defaults in), as tested here."""
+    from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+
+    def key(body, version="v1", model=CompletionRequest):
+        fields = parse_request(body, model).model_dump(mode="json")
+        return cache_key(version, model.__name__, fields), cacheable(fields)
+
+    a = {"prompt": "x", "temperature": 0, "stream": True, "max_tokens": 16, "user": "u1"}
+    b = {"max_tokens": 16, "prompt": "x", "temperature": 0, "top_p": 1.0, "model": "tiny"}  # a default spelled out
+    assert key(a) == key(b) and key(a)[1]
+    assert key(a, "v2") != key(a)
+    assert key({**a, "seed": 1}) != key({**a, "seed": 2}) and key({**a, "temperature": 1, "seed": 2})[1]
+    assert key({**a, "top_p": 0.5}) != key(a) and key({**a, "stop": ["x"]}) != key(a)
+    assert not key({"prompt": "x"})[1]  # sampled without a seed: not cacheable
+    chat = {"messages": [{"role": "user", "content": "x"}], "temperature": 0}
+    assert key(chat, model=ChatCompletionRequest) != key({**chat, "messages": [{"role": "user", "content": "y"}]},
+                                                         model=ChatCompletionRequest)
 
 
 def test_cache_ttl_lru_size_bound_and_invalidation():

@@ -160,10 +160,17 @@ def test_served_greedy_matches_transformers_and_n_logprobs_stop_work(server, tin
     body = _post(server, {"prompt": prompt, "max_tokens": 16, "temperature": 0})[2]
     text = tok.decode(ref, skip_special_tokens=True)
     assert body["choices"][0]["text"] == text and body["usage"]["completion_tokens"] == len(ref)
-    if len(text.strip()) > 4:  # a stop string cuts the text exactly before it
-        stop = text.strip()[2:4]
-        cut = _post(server, {"prompt": prompt, "max_tokens": 16, "temperature": 0, "stop": [stop]})[2]["choices"][0]
-        assert cut["text"] == text[:text.find(stop)] and cut["finish_reason"] == "stop"
+    # A stop string cuts the text exactly before it (16 tokens with EOS ignored: always text to cut).
+    seq = ids
+    with torch.inference_mode():
+        for _ in range(16):  # plain greedy steps, EOS or not
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    long_text = tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True)
+    assert len(long_text.strip()) > 4, long_text
+    stop = long_text.strip()[2:4]
+    cut = _post(server, {"prompt": prompt, "max_tokens": 16, "temperature": 0, "stop": [stop],
+                         "ignore_eos": True})[2]["choices"][0]
+    assert cut["text"] == long_text[:long_text.find(stop)] and cut["finish_reason"] == "stop"
     status, _, body = _post(server, {"prompt": prompt, "max_tokens": 6, "n": 3, "temperature": 1.0, "seed": 7,
                                      "logprobs": 2, "ignore_eos": True})
     assert status == 200, body

@@ -156,19 +156,21 @@ def _llm_handle():
 
 
 def _wait_at_rest(timeout: float = 60) -> list[dict]:
-    """Stats of every live model replica once none holds a sequence or a KV block (asked often enough that
-    the router reaches each)."""
+    """Stats of every live model replica once none holds a sequence or a KV block. The router picks a replica
+    per call, so it asks until each live LLMServer actor has answered."""
     handle, deadline = _llm_handle(), time.time() + timeout
     while True:
-        seen = {}
-        for _ in range(12):
+        alive, seen = {a.name for a in _actors(LLM_CLASS)}, {}
+        for _ in range(64):
             st = handle.stats.remote().result(timeout_s=30)
-            seen[st["replica"]] = st
+            seen[st["actor_name"]] = st
+            if alive <= seen.keys():
+                break
         busy = [s for s in seen.values() if s["num_running"] or s["num_waiting"] or s["num_free_blocks"] != s["num_blocks"]]
-        if not busy:
+        if not busy and alive <= seen.keys():
             return list(seen.values())
         if time.time() > deadline:
-            raise AssertionError(f"replicas not at rest after {timeout} s: {busy}")
+            raise AssertionError(f"replicas not at rest after {timeout} s: busy {busy}, unheard {alive - seen.keys()}")
         time.sleep(0.5)
 
 
@@ -359,6 +361,7 @@ def test_killing_the_gateway_fails_open_then_it_comes_back(long_server):
 
 def test_a_client_leaving_mid_stream_100_times_leaves_nothing_behind(long_server):
     _wait_running(2)
+    before = {a.name: a.pid for a in _actors(LLM_CLASS)}
     host, port = long_server.removeprefix("http://").split(":")
     for i in range(100):
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -369,7 +372,7 @@ def test_a_client_leaving_mid_stream_100_times_leaves_nothing_behind(long_server
         assert resp.status == 200 and resp.readline().startswith(b"data: ")
         conn.close()
     rest = _wait_at_rest()
-    assert len(rest) == 2
+    assert {s["actor_name"]: s["pid"] for s in rest} == before  # both replicas answered; neither was replaced
 
 
 def test_promoting_a_version_under_32_streaming_clients_fails_nothing(long_server, tiny_config):

@@ -130,7 +130,10 @@ def test_export_reproduces_the_training_val_loss_and_carries_its_card(trained, t
     d = Path(tiny_config.registry.root, tiny_config.registry.name, version)
     loss, _ = _exported_val_loss(d, stats)
     precision = outcome.metrics["precision"]
-    assert abs(loss - outcome.metrics["val_loss"]) < (1e-4 if precision == "fp32" else 2e-2), (loss, outcome.metrics)
+    # fp32: the same weights, summed in other batch shapes (the val split in micro-batches across workers vs. one
+    # batch here), agree to ~2e-5 relative; a wrong export is off by 1e-2 or more. bf16 rounds the weights.
+    tolerance = 1e-4 * outcome.metrics["val_loss"] if precision == "fp32" else 2e-2
+    assert abs(loss - outcome.metrics["val_loss"]) < tolerance, (loss, outcome.metrics)
     card = json.loads((d / "raygen.json").read_text())
     assert card["dataset_version"] == stats.dataset_version
     assert card["metrics"]["val_loss"] == outcome.metrics["val_loss"] and card["wall_seconds"] > 0

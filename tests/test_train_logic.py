@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raygen.config import load_config
-from raygen.errors import ConfigError
+from raygen.errors import ConfigError, DataError
 
 
 def _params(hf_config) -> int:
@@ -142,7 +142,7 @@ def test_train_stream_holds_the_epochs_a_run_needs_in_seeded_shard_orders():
     assert epochs_per_stream(40, 16, 359) == 3
     assert epochs_per_stream(1, 16, 10_000) == 2  # a large split: one epoch and the spare
     assert epochs_per_stream(10**6, 16, 359) == MAX_EPOCHS_PER_STREAM  # the loop starts another stream after
-    with pytest.raises(ValueError, match="no blocks"):
+    with pytest.raises(DataError, match="no blocks"):
         epochs_per_stream(10, 16, 0)
 
     files = [f"s{i}.parquet" for i in range(5)]

@@ -1,11 +1,24 @@
-"""raygen's exception tree. Library errors are translated at the edge (`raise X(...) from exc`).
+"""raygen's exception tree: every error raygen raises on purpose is a RaygenError (httpx's model).
+Library errors are translated at the edge (`raise X(...) from exc`). A leaf module: it imports nothing
+of raygen, so the engine (no Ray) and every package can raise these.
 
-    RaygenError                      every error raygen raises on purpose; str() is the user-facing message
-    ├── ConfigError                  a config file or value is wrong (names the key and the file)
+    RaygenError                      str() is the user-facing message: what was wrong and what to do
+    ├── ConfigError (ValueError)     a config file or value is wrong (names the key and the file)
     ├── DataError                    input data is missing, unreadable or empty after cleaning
-    ├── TrainingError                training could not start or did not finish
+    ├── TrainingError                training could not start, diverged, or did not finish
     ├── RegistryError                the model registry is missing a model, version or alias
-    └── RequestError                 an API request is wrong; carries the HTTP status and OpenAI error type
+    ├── RequestError                 an API request is wrong; carries the HTTP status and OpenAI error type
+    └── EngineError                  raised by the inference engine (raygen.engine)
+        ├── EngineSetupError (ValueError)      the model or device cannot be served as configured
+        │   └── UnsupportedModelError          the architecture has no raygen implementation
+        ├── InvalidPromptError (ValueError)    a request the engine cannot take: empty, bad ids, bad params
+        │   └── PromptTooLongError             longer than the context or the whole KV cache
+        ├── EngineOverloadedError              max_num_waiting requests already wait: retry shortly
+        └── EngineClosedError                  the engine was shut down
+
+ConfigError and the engine's input errors are also ValueErrors, so pydantic validators may raise them
+and callers that catch ValueError keep working. (Inside pydantic validators a plain ValueError is fine:
+pydantic wraps it, and the loader re-raises it as ConfigError or RequestError naming the field.)
 """
 
 from __future__ import annotations
@@ -15,7 +28,7 @@ class RaygenError(Exception):
     """Base class: the message is meant for the user and says what to do."""
 
 
-class ConfigError(RaygenError):
+class ConfigError(RaygenError, ValueError):
     pass
 
 
@@ -28,6 +41,34 @@ class TrainingError(RaygenError):
 
 
 class RegistryError(RaygenError):
+    pass
+
+
+class EngineError(RaygenError):
+    pass
+
+
+class EngineSetupError(EngineError, ValueError):
+    pass
+
+
+class UnsupportedModelError(EngineSetupError):
+    pass
+
+
+class InvalidPromptError(EngineError, ValueError):
+    pass
+
+
+class PromptTooLongError(InvalidPromptError):
+    pass
+
+
+class EngineOverloadedError(EngineError):
+    pass
+
+
+class EngineClosedError(EngineError):
     pass
 
 

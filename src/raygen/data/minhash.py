@@ -52,6 +52,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raygen.errors import ConfigError
+
 U64 = np.uint64
 EMPTY = np.uint32(0xFFFFFFFF)  # every signature value of a document without shingles
 
@@ -185,9 +187,9 @@ class MinHasher:
 
     def __post_init__(self) -> None:
         if self.shingle_size < 1 or self.bands < 1 or self.rows < 1:
-            raise ValueError(f"shingle_size, bands and rows must be >= 1 (got {self})")
+            raise ConfigError(f"shingle_size, bands and rows must be >= 1 (got {self})")
         if self.shingle_size > len(_SHINGLE_MUL) or self.rows > len(_BAND_MUL):
-            raise ValueError(f"shingle_size and rows are at most {len(_BAND_MUL)} (got {self})")
+            raise ConfigError(f"shingle_size and rows are at most {len(_BAND_MUL)} (got {self})")
         rng = np.random.default_rng(self.seed)
         ab = rng.integers(0, 2**32, size=(2, self.num_perm, 1), dtype=np.uint64).astype(np.uint32)
         object.__setattr__(self, "_a", ab[0] | np.uint32(1))

@@ -35,6 +35,8 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 
+from raygen.errors import ConfigError
+
 KINDS = ("secret", "email", "card", "ip", "phone")  # application order
 PLACEHOLDERS = {"secret": "<SECRET>", "email": "<EMAIL>", "card": "<CARD>", "ip": "<IP>", "phone": "<PHONE>"}
 
@@ -219,7 +221,7 @@ def redact_pii(text: str, kinds: Iterable[str] | None = None, *,
     kinds (default: all of KINDS; every requested kind gets a count, 0 included)."""
     wanted = set(KINDS if kinds is None else kinds)
     if unknown := wanted - set(KINDS):
-        raise ValueError(f"unknown PII kinds {sorted(unknown)}; choose from {list(KINDS)}")
+        raise ConfigError(f"unknown PII kinds {sorted(unknown)}; choose from {list(KINDS)}")
     counts = {}
     for kind in KINDS:
         if kind in wanted:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raygen.data import clean, pii, quality
+from raygen.errors import ConfigError
 
 DOC_STAGES = ("normalize", "html", "boilerplate", "quality", "language", "pii")
 DATASET_STAGES = ("exact_dedup", "near_dedup")
@@ -47,12 +48,12 @@ def check_stages(stages: list[str]) -> None:
     known = DOC_STAGES + DATASET_STAGES
     unknown = [s for s in stages if s not in known]
     if unknown:
-        raise ValueError(f"unknown data stages {unknown}; known: {list(known)}")
+        raise ConfigError(f"unknown data stages {unknown}; known: {list(known)}")
     if len(set(stages)) != len(stages):
-        raise ValueError(f"data.stages lists a stage twice: {stages}")
+        raise ConfigError(f"data.stages lists a stage twice: {stages}")
     doc = [s for s in stages if s in DOC_STAGES]
     if stages[:len(doc)] != doc:
-        raise ValueError(f"document stages {list(DOC_STAGES)} must come before exact_dedup/near_dedup: {stages}")
+        raise ConfigError(f"document stages {list(DOC_STAGES)} must come before exact_dedup/near_dedup: {stages}")
 
 
 def process_doc(text: str, fmt: str, stages: list[str], s: StageSettings) -> dict:

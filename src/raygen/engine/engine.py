@@ -25,11 +25,12 @@ import torch
 
 from raygen.engine.detok import IncrementalDetokenizer
 from raygen.engine.kv_cache import BlockManager
-from raygen.engine.request import (FINISH_REASON, EngineOverloadedError, RequestOutput, RequestTiming,
-                                   SamplingParams, Sequence, Status, TokenLogprob)
-from raygen.engine.runner import EngineSetupError, ModelRunner
+from raygen.engine.request import FINISH_REASON, RequestOutput, RequestTiming, SamplingParams, Sequence, Status, TokenLogprob
+from raygen.engine.runner import ModelRunner
 from raygen.engine.sampling import apply_penalties, sample, top_logprobs
 from raygen.engine.scheduler import Scheduler
+from raygen.errors import (EngineClosedError, EngineOverloadedError, EngineSetupError, InvalidPromptError,
+                           PromptTooLongError)
 
 log = logging.getLogger(__name__)
 MAX_CHUNK_OUTPUTS = 8  # step outputs merged into one streamed chunk at most
@@ -74,6 +75,7 @@ class EngineStats:
     num_preemptions: int
     num_prompt_tokens_computed: int  # prefill tokens actually run (recompute after preemption included)
     num_generated_tokens: int
+    num_aborted: int  # requests aborted before they finished (a client that left, a cancelled call)
 
 
 @dataclass
@@ -125,7 +127,7 @@ class LLMEngine:
         self._owner: dict[str, tuple[_Request, int]] = {}  # sequence id -> (request, index)
         self._copies: list[tuple[int, int]] = []  # fork copies due before the next forward
         self._lock = threading.RLock()  # add/abort may come from another thread while a forward runs
-        self._counts = dict.fromkeys(("steps", "preemptions", "prompt_tokens", "generated"), 0)
+        self._counts = dict.fromkeys(("steps", "preemptions", "prompt_tokens", "generated", "aborted"), 0)
         self.step_log: list[StepRecord] | None = None  # set to [] to record steps (benchmarks)
         self._step_sizes: deque[int] = deque(maxlen=4096)  # sequences per step, until drained (metrics)
 
@@ -145,16 +147,16 @@ class LLMEngine:
         EngineOverloadedError when max_num_waiting requests already wait."""
         vocab = self.runner.shape.vocab
         if not prompt_ids:
-            raise ValueError("the prompt has no tokens")
+            raise InvalidPromptError("the prompt has no tokens")
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise ValueError(f"prompt token ids must be in [0, {vocab}); got {min(prompt_ids)}..{max(prompt_ids)}")
+            raise InvalidPromptError(f"prompt token ids must be in [0, {vocab}); got {min(prompt_ids)}..{max(prompt_ids)}")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise ValueError(f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed the model's "
+            raise PromptTooLongError(f"{len(prompt_ids)} prompt tokens + max_tokens {params.max_tokens} exceed the model's "
                              f"context of {self.max_model_len} tokens; shorten the prompt or lower max_tokens")
         if params.logit_bias and not all(0 <= t < vocab for t in params.logit_bias):
-            raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
+            raise InvalidPromptError(f"logit_bias token ids must be in [0, {vocab})")
         if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer, and this engine's model directory has none")
+            raise InvalidPromptError("stop strings need a tokenizer, and this engine's model directory has none")
         eos = frozenset() if params.ignore_eos else self.eos_token_ids
         seqs = [Sequence(req_id if i == 0 else f"{req_id}/{i}", list(prompt_ids), params.max_tokens,
                          frozenset(params.stop_token_ids), eos, params.ignore_eos) for i in range(params.n)]
@@ -165,7 +167,7 @@ class LLMEngine:
                   for _ in range(params.n)]
         with self._lock:
             if req_id in self._requests:
-                raise ValueError(f"request id {req_id} is already in the engine")
+                raise InvalidPromptError(f"request id {req_id} is already in the engine")
             bound = self.config.max_num_waiting
             if bound is not None and len(self.scheduler.waiting) >= bound:
                 raise EngineOverloadedError(f"{len(self.scheduler.waiting)} requests are already waiting for "
@@ -187,6 +189,7 @@ class LLMEngine:
                     self.scheduler.finish(seq.req_id, Status.FINISHED_ABORTED)
                     seq.status = Status.FINISHED_ABORTED
                     outs.append(self._output(req, i, [], "", None))
+            self._counts["aborted"] += bool(outs)
             self._forget(req)
             return outs
 
@@ -204,7 +207,8 @@ class LLMEngine:
         c = self.bm.stats()
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), c.usage, c.hit_rate,
                            c.num_blocks, c.num_free, c.num_cached, self._counts["steps"],
-                           self._counts["preemptions"], self._counts["prompt_tokens"], self._counts["generated"])
+                           self._counts["preemptions"], self._counts["prompt_tokens"], self._counts["generated"],
+                           self._counts["aborted"])
 
     # -- one step ---------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -363,7 +367,7 @@ class AsyncLLMEngine:
         each item is a list: everything already produced, merged per sequence (fewer, larger chunks for
         a consumer that is slower than the engine)."""
         if self._closed:
-            raise RuntimeError("the engine is shut down")
+            raise EngineClosedError("the engine is shut down")
         req_id = req_id or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from raygen.errors import EngineSetupError
+
 log = logging.getLogger(__name__)
 SRC = Path(__file__).with_name("csrc") / "paged_decode.c"
 _lib: ctypes.CDLL | None = None
@@ -89,5 +91,5 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
             context_lens.data_ptr(), b, tables.shape[1], bs, h, hkv, d, scale, window or 0, out.data_ptr(),
             out.stride(0), torch.get_num_threads())
     if rc != 0:
-        raise ValueError(f"paged decode kernel: unsupported shape (heads {h} ≤ 64, heads × head_dim {h * d} ≤ "
+        raise EngineSetupError(f"paged decode kernel: unsupported shape (heads {h} ≤ 64, heads × head_dim {h * d} ≤ "
                          f"8192, block size {bs} ≤ 128)")

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from raygen.errors import EngineSetupError
+
 
 @dataclass
 class Block:
@@ -53,7 +55,7 @@ def block_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"need at least one block of at least one token (got {num_blocks} × {block_size})")
+            raise EngineSetupError(f"need at least one block of at least one token (got {num_blocks} × {block_size})")
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]

@@ -14,13 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from raygen.engine.attention import KVPool, StepMetadata
+from raygen.errors import UnsupportedModelError
 
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
 SUPPORTED = ("gpt2", *LLAMA_LIKE)
-
-
-class UnsupportedModelError(ValueError):
-    pass
 
 
 @dataclass

@@ -6,9 +6,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from raygen.errors import EngineOverloadedError, InvalidPromptError
 
-class EngineOverloadedError(RuntimeError):
-    """The engine's waiting queue is at max_num_waiting: retry later (not the request's fault)."""
+__all__ = ["EngineOverloadedError"]  # re-exported: its old home
 
 
 @dataclass
@@ -46,7 +46,7 @@ class SamplingParams:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise InvalidPromptError(msg)
 
     @property
     def greedy(self) -> bool:

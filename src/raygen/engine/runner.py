@@ -19,15 +19,12 @@ from raygen.engine.kv_cache import BlockManager
 from raygen.engine.models import build_forward
 from raygen.engine.request import Sequence
 from raygen.engine.scheduler import SchedulerOutput
+from raygen.errors import EngineSetupError
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_CPU_KV_BYTES = 512 * 2**20
-
-
-class EngineSetupError(ValueError):
-    """The model directory, device, dtype or memory budget cannot give a working engine."""
 
 
 def resolve_device(device: str) -> torch.device:

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 
 from raygen.engine.kv_cache import BlockManager
 from raygen.engine.request import Sequence, Status
-
-
-class PromptTooLongError(ValueError):
-    """The prompt (plus one generated token) needs more blocks than the whole cache holds."""
+from raygen.errors import InvalidPromptError, PromptTooLongError
 
 
 @dataclass
@@ -52,7 +49,7 @@ class Scheduler:
                 f"({len(self.bm.blocks) * self.bm.block_size} tokens); shorten the prompt, lower max_tokens "
                 "or give the engine a larger KV budget")
         if seq.req_id in self.seqs:
-            raise ValueError(f"request id {seq.req_id} is already in the engine")
+            raise InvalidPromptError(f"request id {seq.req_id} is already in the engine")
         seq.arrival, self._arrivals = self._arrivals, self._arrivals + 1
         self.seqs[seq.req_id] = seq
         self.waiting.append(seq)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raygen.errors import RaygenError
+
 PROMETHEUS_PREFIX = "ray_"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)  # seconds
@@ -90,7 +92,7 @@ def scraped_name(name: str) -> str:
 def check_labels(name: str, labels: dict[str, str]) -> None:
     d = METRICS[name]
     if set(labels) != set(d.labels):
-        raise ValueError(f"metric {name} takes labels {d.labels}, got {sorted(labels)}")
+        raise RaygenError(f"metric {name} takes labels {d.labels}, got {sorted(labels)}")
 
 
 def _instrument(name: str):

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from raygen.errors import RequestError
+from raygen.errors import ConfigError, RequestError
 
 ENV_VAR = "RAYGEN_API_KEYS"
 
@@ -41,7 +41,7 @@ class KeyStore:
     def __init__(self, keys: list[ApiKey]):
         self._by_hash = {k.sha256: k for k in keys}
         if len(self._by_hash) != len(keys):
-            raise ValueError("two API keys are the same key; give each client its own")
+            raise ConfigError("two API keys are the same key; give each client its own")
 
     @property
     def enabled(self) -> bool:
@@ -52,7 +52,7 @@ class KeyStore:
         keys = []
         for i, e in enumerate(entries or []):
             if ("key" in e) == ("key_sha256" in e):
-                raise ValueError(f"serve.auth.keys[{i}] ({e.get('name', '?')}): give exactly one of key, key_sha256")
+                raise ConfigError(f"serve.auth.keys[{i}] ({e.get('name', '?')}): give exactly one of key, key_sha256")
             h = digest(e["key"]) if "key" in e else e["key_sha256"].lower()
             models = e.get("models")
             keys.append(ApiKey(e.get("name", f"key{i}"), h, frozenset(models) if models is not None else None,
@@ -61,19 +61,19 @@ class KeyStore:
             for i, item in enumerate(os.environ[ENV_VAR].split(",")):
                 name, sep, key = item.strip().partition(":")
                 if not sep or not key:
-                    raise ValueError(f"{ENV_VAR} item {i + 1} is not name:key")
+                    raise ConfigError(f"{ENV_VAR} item {i + 1} is not name:key")
                 keys.append(ApiKey(name, digest(key)))
         if keys_file:
             path = Path(keys_file)
             if not path.is_file():
-                raise ValueError(f"serve.auth.keys_file {path} does not exist")
+                raise ConfigError(f"serve.auth.keys_file {path} does not exist")
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 line = line.split("#", 1)[0].strip()
                 if not line:
                     continue
                 parts = line.split(":")
                 if len(parts) < 2 or not parts[1]:
-                    raise ValueError(f"{path}:{n}: expected name:key[:model1|model2][:admin]")
+                    raise ConfigError(f"{path}:{n}: expected name:key[:model1|model2][:admin]")
                 models = frozenset(parts[2].split("|")) if len(parts) > 2 and parts[2] else None
                 keys.append(ApiKey(parts[0], digest(parts[1]), models, len(parts) > 3 and parts[3] == "admin"))
         return cls(keys)

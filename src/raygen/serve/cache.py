@@ -1,9 +1,10 @@
 """Exact-match response cache for deterministic requests. Pure Python, clock injected.
 
 Only requests whose answer is a function of the request are cacheable: temperature 0, or a seed. The key
-is the model version plus the request normalized (sorted keys, defaults dropped, streaming flags and
-the `user` field removed), so the same question asked streaming or not hits the same entry, and a new
-version never serves an old answer. Entries expire after a TTL; the least recently used go first when
+is the model version plus the validated request (every field present, defaults filled in by the
+protocol models, keys sorted; streaming flags, `model` and `user` removed), so the same question asked
+streaming or not, with a default spelled out or left out, hits the same entry, and a new version never
+serves an old answer. Entries expire after a TTL; the least recently used go first when
 the entry or byte bound is reached.
 """
 
@@ -15,17 +16,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 # Fields that do not change the answer.
-_NOT_IN_KEY = {"stream", "stream_options", "user"}
+_NOT_IN_KEY = {"model", "stream", "stream_options", "user"}
 
 
-def cacheable(body: dict) -> bool:
-    return body.get("temperature", 1.0) == 0 or body.get("seed") is not None
+def cacheable(fields: dict) -> bool:
+    """fields: the validated request's fields (`model_dump(mode="json")`, defaults filled in)."""
+    return fields["temperature"] == 0 or fields.get("seed") is not None
 
 
-def cache_key(version: str, route: str, body: dict, defaults: dict | None = None) -> str:
-    """route: the endpoint; defaults: field values equal to the server's defaults are dropped."""
-    norm = {k: v for k, v in body.items() if k not in _NOT_IN_KEY and v is not None
-            and (defaults is None or defaults.get(k, object()) != v)}
+def cache_key(version: str, route: str, fields: dict) -> str:
+    """route: the endpoint; fields: the validated request's fields (`model_dump(mode="json")`)."""
+    norm = {k: v for k, v in fields.items() if k not in _NOT_IN_KEY}
     blob = json.dumps([version, route, norm], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 

@@ -293,7 +293,7 @@ class Ingress(SpanSource):
         account = None  # (key name, reserved tokens, lease): what the Gateway must be told when the request ends
         try:
             req, body = await self._parse(request, kind, obs)
-            ckey = self._cache_key(request, kind, body)
+            ckey = self._cache_key(request, kind, req)
             hit = await self._cache_lookup(ckey, obs) if ckey else None
             if hit is not None:
                 obs.finish(200, hit.get("usage"))
@@ -334,9 +334,10 @@ class Ingress(SpanSource):
         self.keys.authorize(key, self.model_name)
         return req, body
 
-    def _cache_key(self, request: Request, kind: str, body: dict) -> str | None:
-        if self.cached and cacheable(body) and "no-cache" not in request.headers.get("cache-control", ""):
-            return cache_key(self.version, kind, body)
+    def _cache_key(self, request: Request, kind: str, req) -> str | None:
+        fields = req.model_dump(mode="json")
+        if self.cached and cacheable(fields) and "no-cache" not in request.headers.get("cache-control", ""):
+            return cache_key(self.version, kind, fields)
         return None
 
     async def _cache_lookup(self, ckey: str, obs: RequestObserver) -> dict | None:

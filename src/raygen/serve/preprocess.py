@@ -12,7 +12,7 @@ from opentelemetry import trace
 from ray import serve
 
 from raygen.engine.request import SamplingParams
-from raygen.errors import RequestError
+from raygen.errors import EngineSetupError, RequestError
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.tracing import SpanSource, extract, tracer
@@ -32,7 +32,7 @@ def context_window(model_dir: str | Path) -> int:
     for key in ("max_position_embeddings", "n_positions", "n_ctx"):
         if key in cfg:
             return int(cfg[key])
-    raise ValueError(f"{model_dir}/config.json names no context length")
+    raise EngineSetupError(f"{model_dir}/config.json names no context length")
 
 
 def build_safety(cfg: dict) -> SafetyFilter:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raygen.errors import ConfigError
+
 
 @dataclass
 class Bucket:
@@ -56,7 +58,7 @@ class Decision:
 class RateLimiter:
     def __init__(self, requests_per_minute: int, tokens_per_minute: int):
         if requests_per_minute < 1 or tokens_per_minute < 1:
-            raise ValueError("rate limits must be >= 1 per minute")
+            raise ConfigError("rate limits must be >= 1 per minute")
         self.rpm, self.tpm = requests_per_minute, tokens_per_minute
         self._buckets: dict[str, tuple[Bucket, Bucket]] = {}
 
@@ -99,7 +101,7 @@ class ConcurrencyLimiter:
         """max_per_key: every key's cap (None: uncapped); per_key: caps of named keys, overriding it."""
         caps = [max_per_key] if max_per_key is not None else []
         if any(c < 1 for c in caps + list((per_key or {}).values())):
-            raise ValueError("concurrency caps must be >= 1")
+            raise ConfigError("concurrency caps must be >= 1")
         self.max_per_key, self.per_key, self.ttl = max_per_key, dict(per_key or {}), lease_ttl_s
         self._leases: dict[str, tuple[str, float]] = {}  # lease id -> (key, expiry clock)
         self._held: dict[str, int] = {}  # key -> leases held

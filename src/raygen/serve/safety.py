@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from raygen.errors import ConfigError
+
 PII = {  # kind -> pattern; replaced by [kind]
     "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
     "card": re.compile(r"\b(?:\d[ -]?){12,18}\d\b"),
@@ -52,7 +54,7 @@ class SafetyFilter:
         try:
             self._regexes = [re.compile(p, re.IGNORECASE) for p in self.patterns]
         except re.error as exc:
-            raise ValueError(f"safety pattern {exc.pattern!r} is not a valid regex: {exc}") from exc
+            raise ConfigError(f"safety pattern {exc.pattern!r} is not a valid regex: {exc}") from exc
         longest = max((len(p) for p in self._phrases), default=1)
         self.hold = max(longest - 1 if self._phrases else 0, self.window if self._regexes else 0)
 
@@ -145,7 +147,7 @@ def hf_classifier(model_dir: str, blocked_labels: list[str], threshold: float = 
     labels = model.config.id2label
     unknown = set(blocked_labels) - set(labels.values())
     if unknown:
-        raise ValueError(f"classifier {model_dir} has no labels {sorted(unknown)}; it has {sorted(labels.values())}")
+        raise ConfigError(f"classifier {model_dir} has no labels {sorted(unknown)}; it has {sorted(labels.values())}")
 
     def classify(text: str) -> str | None:
         with torch.inference_mode():

@@ -26,6 +26,8 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
+from raygen.errors import TrainingError
+
 
 def _say(msg: str) -> None:
     # Not print(): Ray Train V2 patches print to tee into its logger, so every line would show twice.
@@ -267,7 +269,7 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum.zero_()
             micro = 0
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training loss is {loss_value} at step {step}; lower train.lr "
+                raise TrainingError(f"training loss is {loss_value} at step {step}; lower train.lr "
                                          "(or raise warmup_steps)")
             now = time.time()
             tok_s = tokens_per_step * (step - mark[0]) / max(now - mark[1], 1e-9)
@@ -292,7 +294,7 @@ def train_loop_per_worker(config: dict) -> None:
             if last:
                 break
         if not got_batch:
-            raise RuntimeError("the train shard yielded no full batch: lower train.micro_batch_size")
+            raise TrainingError("the train shard yielded no full batch: lower train.micro_batch_size")
     if not history or history[-1].get("step") != step or "val_loss" not in history[-1]:
         finish_step(metrics)  # resumed at or past max_steps: evaluate and export again
     if rank == 0:

@@ -20,7 +20,7 @@ import ray
 
 from raygen.config import RaygenConfig
 from raygen.data.pipeline import DataStats, load_stats
-from raygen.errors import ConfigError, TrainingError
+from raygen.errors import ConfigError, DataError, TrainingError
 from raygen.observability.tracing import record_spans
 
 
@@ -49,7 +49,7 @@ def epochs_per_stream(max_steps: int, sequences_per_step: int, train_blocks: int
     needs a second stream: the epochs the steps consume, plus one for the rows each worker drops at the end
     (drop_last, uneven splits), capped at MAX_EPOCHS_PER_STREAM."""
     if train_blocks <= 0:
-        raise ValueError("the train split has no blocks")
+        raise DataError("the train split has no blocks")
     need = -(-max_steps * sequences_per_step // train_blocks)  # ceil
     return max(1, min(need + 1, MAX_EPOCHS_PER_STREAM))
 
