@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import BIN, REPO
+from tests.integration.conftest import BIN, REPO
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def test_empty_corpus_is_a_clear_error(ray_cluster, tmp_path):
 
 def test_demo_command_end_to_end(ray_cluster, tmp_path):
     """`raygen demo --smoke` as a user runs it, joining the shared cluster through RAY_ADDRESS."""
-    from tests.conftest import TINY, free_port
+    from tests.integration.conftest import TINY, free_port
 
     env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"], "RAYGEN_HOME": str(tmp_path)}
     cmd = [str(BIN / "raygen"), "demo", "--smoke", "--port", str(free_port())]

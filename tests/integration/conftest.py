@@ -16,7 +16,7 @@ import pytest
 # once at import, so it is set before any test module imports ray.
 os.environ["RAY_AUTH_MODE"] = "token"
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -20,7 +20,7 @@ def webhook():
 
     from aiohttp import web
 
-    from tests.conftest import free_port
+    from tests.integration.conftest import free_port
 
     got: list[dict] = []
     calls = {"n": 0}
@@ -70,7 +70,7 @@ def test_data_drop_fault_fires_to_a_webhook_and_resolves(trained, tiny_config, t
     # The fault: a data run whose input is mostly too short to keep.
     junk = tmp_path / "junk"
     junk.mkdir()
-    from tests.conftest import DOC, GZ, NOTES
+    from tests.integration.conftest import DOC, GZ, NOTES
 
     good = [DOC, GZ, NOTES, DOC.replace("replicas", "copies"), GZ.replace("line", "row"), NOTES.replace("loss", "error")]
     bad = [f"tiny {i}" for i in range(30)]

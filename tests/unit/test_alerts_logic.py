@@ -100,7 +100,7 @@ def test_default_rules_load_and_the_prometheus_file_is_current():
     assert {r.name for r in rules} >= {"HighErrorRate", "TTFTAboveSLO", "KVCacheSaturated", "ReplicasRestarting",
                                        "RateLimitSurge", "SafetyBlocksSurge", "TrainingLossNaN", "TrainingDiverging",
                                        "DataDropRateJump"}
-    checked_in = yaml.safe_load((Path(__file__).parents[1] / "cluster" / "prometheus-rules.yaml").read_text())
+    checked_in = yaml.safe_load((Path(__file__).parents[2] / "cluster" / "prometheus-rules.yaml").read_text())
     assert checked_in == prometheus_rules(rules), "regenerate: python -m raygen.observability.export"
 
 
@@ -137,7 +137,7 @@ def test_grafana_dashboard_is_current_and_reads_defined_metrics():
     from raygen.observability.metrics import METRICS, scraped_name
 
     board = grafana_dashboard()
-    checked_in = json.loads((Path(__file__).parents[1] / "cluster" / "grafana-dashboard.json").read_text())
+    checked_in = json.loads((Path(__file__).parents[2] / "cluster" / "grafana-dashboard.json").read_text())
     assert checked_in == board, "regenerate: python -m raygen.observability.export"
     known = {scraped_name(n) + suffix for n in METRICS for suffix in ("", "_bucket")}
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]

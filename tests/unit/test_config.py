@@ -44,5 +44,5 @@ def test_missing_and_non_mapping_file(tmp_path):
 def test_shipped_configs_validate():
     from pathlib import Path
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     load_config(root / "pipelines" / "configs" / "demo.yaml")
