@@ -377,7 +377,7 @@ async def _collect(stream):
 
 
 def test_the_waiting_queue_is_bounded_and_frees_up_as_requests_are_admitted(models):
-    from raygen.engine.engine import EngineOverloadedError
+    from raygen.engine import EngineOverloadedError
 
     path, _ = models["gpt2"]
     eng = engine(path, max_num_seqs=2, max_num_waiting=3)

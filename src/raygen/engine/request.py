@@ -6,9 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from raygen.errors import EngineOverloadedError, InvalidPromptError
-
-__all__ = ["EngineOverloadedError"]  # re-exported: its old home
+from raygen.errors import InvalidPromptError
 
 
 @dataclass

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from opentelemetry import trace
 from ray import serve
 
-from raygen.errors import RequestError, as_request_error, find_cause, unavailable
+from raygen.errors import RaygenError, RequestError, as_request_error, find_cause, unavailable
 from raygen.observability import logs  # (its request_id_var by attribute: route functions get pickled)
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
@@ -160,7 +160,7 @@ class _ClosingStreamingResponse(StreamingResponse):
                 self.on_close()
 
 
-class _GatewayDown(Exception):
+class _GatewayDown(RaygenError):
     """A Gateway call failed or timed out (the actor died, is being replaced, or is overloaded)."""
 
 

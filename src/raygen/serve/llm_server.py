@@ -16,8 +16,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from ray import serve
 
-from raygen.engine.request import EngineOverloadedError, RequestOutput, SamplingParams
-from raygen.errors import RequestError, unavailable
+from raygen.engine.request import RequestOutput, SamplingParams
+from raygen.errors import EngineOverloadedError, RequestError, unavailable
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.requests import engine_spans
