@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raygen import paths
+from raygen import paths, pii
 from raygen.errors import ConfigError
 
 
@@ -57,8 +57,8 @@ class DataConfig(_Model):
     languages: list[str] = Field(default_factory=list, description="Keep only these languages (ISO 639-1); "
                                                                    "empty: all (still labeled).")
     min_language_score: float = Field(0.0, ge=0, le=1, description="Drop documents whose language id is less sure.")
-    pii_kinds: list[Literal["secret", "email", "card", "ip", "phone"]] = Field(
-        default_factory=lambda: ["secret", "email", "card", "ip", "phone"], description="PII kinds to redact.")
+    pii_kinds: list[pii.Kind] = Field(default_factory=lambda: list(pii.KINDS),
+                                      description="PII kinds to redact (raygen.pii; the serving filter's too).")
     near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
     labelers: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"kind": "quality"}, {"kind": "domain"}, {"kind": "toxicity"}],
@@ -275,7 +275,9 @@ class CacheSettings(_Model):
 class SafetySettings(_Model):
     blocklist: list[str] = Field(default_factory=list, description="Phrases refused in prompts and cut from outputs.")
     patterns: list[str] = Field(default_factory=list, description="Regexes treated like blocklist phrases.")
-    redact_pii: bool = Field(True, description="Replace emails, phone and card numbers in outputs.")
+    redact_pii: bool = Field(True, description="Replace PII in outputs with its kind's placeholder (<EMAIL>, ...).")
+    pii_kinds: list[pii.Kind] = Field(default_factory=lambda: list(pii.KINDS),
+                                      description="PII kinds redact_pii replaces (raygen.pii, as in data curation).")
     classifier: str | None = Field(None, description="Local HF sequence-classifier directory (optional).")
     classifier_labels: list[str] = Field(default_factory=list, description="Classifier labels that block.")
     classifier_threshold: float = Field(0.5, gt=0, le=1, description="Probability at which a label blocks.")

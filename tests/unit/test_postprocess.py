@@ -81,5 +81,5 @@ def test_one_choice_cut_the_other_finishes_and_pii_is_redacted():
     post = _post(ScriptedStream(chunks), SafetyFilter(blocklist=["forbidden word"]))
     deltas = _collect(post, n=2)
     by = {i: [d for d in deltas if d.index == i] for i in (0, 1)}
-    assert "".join(d.text for d in by[0]) == "mail me at [email] please thanks" and by[0][-1].finish_reason == "stop"
+    assert "".join(d.text for d in by[0]) == "mail me at <EMAIL> please thanks" and by[0][-1].finish_reason == "stop"
     assert "forbidden" not in "".join(d.text for d in by[1]) and by[1][-1].finish_reason == "content_filter"

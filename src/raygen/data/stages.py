@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raygen.data import clean, pii, quality
+from raygen import pii
+from raygen.data import clean, quality
 from raygen.errors import ConfigError
 
 DOC_STAGES = ("normalize", "html", "boilerplate", "quality", "language", "pii")

@@ -39,7 +39,7 @@ def build_safety(cfg: dict) -> SafetyFilter:
     """SafetySettings (as a dict) → SafetyFilter; the classifier loads here when configured."""
     clf = hf_classifier(cfg["classifier"], cfg["classifier_labels"], cfg["classifier_threshold"]) \
         if cfg.get("classifier") else None
-    return SafetyFilter(cfg["blocklist"], cfg["patterns"], cfg["redact_pii"], clf)
+    return SafetyFilter(cfg["blocklist"], cfg["patterns"], cfg["redact_pii"], clf, pii_kinds=tuple(cfg["pii_kinds"]))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})

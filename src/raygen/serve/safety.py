@@ -1,14 +1,15 @@
 """Safety filters: blocklists, regexes, PII redaction and an optional classifier; streaming-aware.
 
-Pure Python (the classifier, when configured, is any local Hugging Face sequence classifier).
+Pure Python (the classifier, when configured, is any local Hugging Face sequence classifier). PII is
+`raygen.pii`, the module data curation uses: the same kinds and placeholders in training data and in
+answers.
 
 Streaming: text is released only once no rule could still match across the next chunk. The guard holds
 back the last `hold` characters (the longest blocked phrase minus one, and `window` when there are
 regexes), so a blocked phrase split over two chunks is seen whole before any of it leaves. For PII it
-holds back only the text a match could still grow from: the trailing run of characters an email or a
-number can be made of (usually the last word), so plain prose streams with about one token of delay.
-A PII match that reaches into the held tail moves the release point back to its start. Regex matches
-longer than `window` that straddle a release point can be missed; keep patterns shorter than it.
+holds back only the text a match could still grow from (`pii.release_point`: usually the last word), so
+plain prose streams with about one token of delay. Regex matches longer than `window` that straddle a
+release point can be missed; keep patterns shorter than it.
 """
 
 from __future__ import annotations
@@ -17,22 +18,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from raygen import pii
 from raygen.errors import ConfigError
-
-PII = {  # kind -> pattern; replaced by [kind]
-    "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-    "card": re.compile(r"\b(?:\d[ -]?){12,18}\d\b"),
-    "phone": re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}\b"),
-}
-# Every PII match is one run of these characters, so a match still growing lies in the text's last run.
-_PII_TAILS = (re.compile(r"[A-Za-z0-9._%+@-]*\Z"), re.compile(r"[\d +().-]*\Z"))
-PII_MAX_HOLD = 256  # a run longer than this (no email or number is) is released anyway
-
-
-def pii_tail_start(text: str) -> int:
-    """Where the text a PII match could still grow from begins."""
-    start = min(r.search(text).start() for r in _PII_TAILS)
-    return max(start, len(text) - PII_MAX_HOLD)
 
 
 @dataclass
@@ -47,7 +34,8 @@ class SafetyFilter:
     patterns: list[str] = field(default_factory=list)  # regexes, matched case-insensitively
     redact_pii: bool = True
     classifier: Callable[[str], str | None] | None = None  # text -> the blocked label it found, or None
-    window: int = 48  # characters held back for regexes and PII while streaming
+    window: int = 48  # characters held back for regexes while streaming
+    pii_kinds: tuple[str, ...] = pii.KINDS  # what redact_pii redacts
 
     def __post_init__(self):
         self._phrases = [p.lower() for p in self.blocklist if p]
@@ -77,11 +65,7 @@ class SafetyFilter:
         return None
 
     def redact(self, text: str) -> str:
-        if not self.redact_pii:
-            return text
-        for kind, r in PII.items():
-            text = r.sub(f"[{kind}]", text)
-        return text
+        return pii.redact_pii(text, self.pii_kinds)[0] if self.redact_pii else text
 
     def guard(self) -> OutputGuard:
         return OutputGuard(self)
@@ -121,11 +105,7 @@ class OutputGuard:
             return ""
         cut = len(self.pending) if final else max(0, len(self.pending) - f.hold)
         if f.redact_pii and not final:
-            cut = min(cut, pii_tail_start(self.pending))
-            for r in PII.values():
-                for m in r.finditer(self.pending):
-                    if m.start() < cut < m.end() or (m.end() == len(self.pending) and m.start() < cut):
-                        cut = m.start()  # a match may still grow: keep it whole
+            cut = pii.release_point(self.pending, cut, f.pii_kinds)
         out, self.pending = f.redact(self.pending[:cut]), self.pending[cut:]
         if f.classifier is not None and (out or final):  # before anything leaves (use a small model)
             v = f.classifier(self.released + out)

@@ -1,9 +1,11 @@
-"""Pure PII redaction for training data: secrets, emails, payment cards, IP addresses, phone numbers.
+"""PII redaction, one module for data curation and for the serving safety filter: secrets, emails,
+payment cards, IP addresses, phone numbers. Pure Python.
 
-Each match becomes a placeholder (`<SECRET>`, `<EMAIL>`, `<CARD>`, `<IP>`, `<PHONE>`) so the model
-learns that something stood there without learning what; `redact_pii` also counts what it replaced per
-kind, for the pipeline's stage counts. No Ray in here. (Serving has its own streaming-aware PII
-redaction in `serve/safety.py`; this one sees whole documents and can afford validation.)
+Each match becomes its kind's placeholder (`<SECRET>`, `<EMAIL>`, `<CARD>`, `<IP>`, `<PHONE>`), so a model
+learns that something stood there without learning what, and a served answer says what was removed.
+`redact_pii` also counts what it replaced per kind (the data stage's counts). `release_point`
+serves streaming: how much of a text can be redacted and sent now, before where a match could still
+grow.
 
 Kinds run in this order, so a more specific pattern claims its text first (a PEM block holds base64
 that could look like anything; an email's digits must not become a phone):
@@ -34,10 +36,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
+from typing import Literal, get_args
 
 from raygen.errors import ConfigError
 
-KINDS = ("secret", "email", "card", "ip", "phone")  # application order
+Kind = Literal["secret", "email", "card", "ip", "phone"]
+KINDS: tuple[str, ...] = get_args(Kind)  # application order
 PLACEHOLDERS = {"secret": "<SECRET>", "email": "<EMAIL>", "card": "<CARD>", "ip": "<IP>", "phone": "<PHONE>"}
 
 # ------------------------------------------------------------------------------------------- secrets
@@ -227,3 +231,50 @@ def redact_pii(text: str, kinds: Iterable[str] | None = None, *,
         if kind in wanted:
             text, counts[kind] = _REDACTORS[kind](text, public_ips_only)
     return text, counts
+
+
+# ----------------------------------------------------------------------------------------- streaming
+
+# Every email, card, IP, phone and token-like secret lies within one run of one of these character
+# classes, so a match still growing lies in the text's last run of its class.
+_CLASSES = (r"[\w.%+@:/=~-]", r"[\d +().-]")
+_CHAR = tuple(re.compile(c) for c in _CLASSES)
+_RUN_END = tuple(re.compile(c + r"*\Z") for c in _CLASSES)
+# Secrets that span other characters: an assignment whose value has not ended (or whose `=` has not come
+# yet), a bearer token (its pattern looks back at "Bearer "), a PEM header still arriving, and a PEM
+# block without its END line.
+_OPEN_SECRET = re.compile(
+    r"(?i)(?:[\w-]*(?:key|secret|token|passw(?:or)?d)[\"']?\s*(?:[:=]\s*(?:[\"'][^\"'\n]*|[\w+/=-]*))?"
+    r"|bearer ?[\w.~+/=-]*|-----BEGIN[A-Z0-9 ]*)\Z")
+_OPEN_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?:(?!-----END)[\s\S])*\Z")
+MAX_HOLD = 256  # a run longer than this (no email, number or key is) is released anyway
+MAX_PEM_HOLD = 8192  # an open PEM block is held this far (a 4096-bit RSA key is ~3,300 characters)
+
+
+def release_point(text: str, limit: int | None = None, kinds: Iterable[str] | None = None) -> int:
+    """The largest i <= limit (default: the end) such that redacting text[:i] now and the rest later,
+    whatever follows, gives what redacting the whole stream at once would: before where a match could
+    still grow, and where no complete match spans it."""
+    kinds = tuple(KINDS if kinds is None else kinds)
+    floor = max(0, len(text) - MAX_HOLD)
+    start = max(min(r.search(text, floor).start() for r in _RUN_END), floor)
+    if "secret" in kinds:
+        if m := _OPEN_SECRET.search(text, floor):
+            start = min(start, m.start())
+        if "-----BEGIN" in text and (m := _OPEN_PEM.search(text, max(0, len(text) - MAX_PEM_HOLD))):
+            start = min(start, m.start())
+    start = start if limit is None else min(start, limit)
+    return _consistent_cut(text, start, min(floor, start), kinds)
+
+
+def _consistent_cut(text: str, cut: int, floor: int, kinds: tuple[str, ...]) -> int:
+    """cut, or the nearest point before it, that splits no run of one class (the held piece could match
+    later on its own where the whole would not) and no complete match (redacting the two sides apart
+    gives the same text as redacting them together)."""
+    whole = redact_pii(text, kinds)[0]
+    for c in range(cut, floor, -1):
+        if c < len(text) and any(ch.match(text, c) and ch.match(text, c - 1) for ch in _CHAR):
+            continue
+        if whole == text or redact_pii(text[:c], kinds)[0] + redact_pii(text[c:], kinds)[0] == whole:
+            return c
+    return floor
