@@ -85,8 +85,32 @@ def test_no_data_means_no_alert_and_bad_rules_are_refused():
 
 def test_promql_of_a_rule_uses_each_signals_query():
     q = Rule("R", "error_rate > 0.05 and ttft_p99_seconds > 2").promql()
-    assert q.startswith('(sum(rate(ray_raygen_requests_total{status=~"5.."}[5m])) / sum(rate(ray_raygen_requests_total[5m])))')
-    assert "and on() (histogram_quantile(0.99" in q
+    assert q.startswith('((sum(rate(ray_raygen_requests_total{status=~"5.."}[5m])) or vector(0)) / '
+                        'sum(rate(ray_raygen_requests_total[5m]))) > 0.05 and on() (histogram_quantile(0.99')
+
+
+def test_each_signal_is_one_definition_that_renders_promql_and_evaluates_a_window():
+    """The forms cannot drift: both come from one tree. Each node's two renderings, on two-run scrapes."""
+    from raygen.observability.signals import SIGNALS
+
+    loss = ('ray_raygen_train_loss{run="a"} 4.0\nray_raygen_train_loss{run="b"} 3.0\n'
+            'ray_raygen_train_loss_min{run="a"} 2.0\nray_raygen_train_loss_min{run="b"} 1.0\n')
+    w = Window({}, parse_prometheus_text(loss), 60)
+    # Per run, as PromQL's one-to-one matching does: run b is 3x its best (max(loss)/min(best) would say 4).
+    assert SIGNALS["train_loss_ratio"].value(w) == 3.0
+    assert SIGNALS["train_loss_ratio"].promql == "max(ray_raygen_train_loss / ray_raygen_train_loss_min)"
+    assert SIGNALS["train_loss_nan"].value(w) == 0.0
+    nan = Window({}, parse_prometheus_text(loss.replace(" 3.0", " NaN")), 60)
+    assert SIGNALS["train_loss_nan"].value(nan) == 1.0  # PromQL: x != bool x is 1 only for NaN
+    assert SIGNALS["train_loss_nan"].promql == "max(ray_raygen_train_loss != bool ray_raygen_train_loss)"
+    ok_only = Window({}, _samples(100, 0), 60)  # no 5xx yet: 0%, in both forms (`or vector(0)`)
+    ok_only.now = {k: v for k, v in ok_only.now.items() if dict(k[1]).get("status") != "503"}
+    assert SIGNALS["error_rate"].value(ok_only) == 0.0 and "or vector(0)" in SIGNALS["error_rate"].promql
+    assert SIGNALS["rate_limited_per_second"].value(Window({}, parse_prometheus_text(
+        "ray_raygen_rate_limited_total 30\n"), 60)) == 0.5
+    for name, sig in SIGNALS.items():  # every signal evaluates the recorded scrape, or says it has no data
+        v = sig.value(Window({}, parse_prometheus_text(SCRAPE), 60))
+        assert v is None or isinstance(v, float), (name, v)
 
 
 def test_default_rules_load_and_the_prometheus_file_is_current():

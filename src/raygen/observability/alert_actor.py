@@ -12,7 +12,8 @@ import time
 
 import ray
 
-from raygen.observability.alerts import AlertEvaluator, Rule, Samples, Window, load_rules, parse_prometheus_text
+from raygen.observability.alerts import AlertEvaluator, Rule, load_rules
+from raygen.observability.signals import Samples, Window, parse_prometheus_text
 
 log = logging.getLogger(__name__)
 ACTOR_NAME = "raygen-alerts"

@@ -9,9 +9,9 @@ A rule is YAML:
       severity: critical               #   and a comparison with None is false (no data, no alert)
       message: "{error_rate:.1%} of requests fail"
 
-Signals read the names as scraped (Ray prefixes `ray_`: see metrics.py). Each signal is defined twice, side by side: as PromQL (for the generated Prometheus rules file in cluster/)
-and as a function of a Window (the previous and the current scrape), so the in-cluster evaluator and
-Prometheus fire on the same condition. Rule state follows Prometheus: inactive → pending (true, not yet for
+Signals (signals.py) are each defined once, as an expression tree that renders as PromQL (the generated
+Prometheus rules file in cluster/) and evaluates over a Window (the previous and the current scrape), so
+the in-cluster evaluator and Prometheus fire on the same condition. Rule state follows Prometheus: inactive → pending (true, not yet for
 `for`) → firing → resolved (false again). Notifications are de-duplicated (one firing per episode) and
 silenced for `silence` after a resolve so a flapping signal does not page every minute.
 """
@@ -22,136 +22,14 @@ import ast
 import math
 import operator
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raygen.errors import ConfigError
 
-Labels = tuple[tuple[str, str], ...]  # sorted (name, value) pairs
-Samples = dict[tuple[str, Labels], float]  # (metric name, labels) -> value, as scraped
+from raygen.observability.signals import SIGNALS, Samples, Window, parse_prometheus_text
 
-
-def parse_prometheus_text(text: str) -> Samples:
-    """Samples from Prometheus' text exposition format (what Ray's metrics endpoint serves)."""
-    out: Samples = {}
-    line_re = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s+(\S+)')
-    label_re = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = line_re.match(line)
-        if not m:
-            continue
-        labels = tuple(sorted(label_re.findall(m.group(3) or "")))
-        try:
-            out[(m.group(1), labels)] = float(m.group(4))
-        except ValueError:
-            continue
-    return out
-
-
-@dataclass
-class Window:
-    prev: Samples
-    now: Samples
-    seconds: float  # between the two scrapes
-
-    def _select(self, samples: Samples, name: str, match: dict[str, str] | None) -> list[tuple[Labels, float]]:
-        res = []
-        for (n, labels), v in samples.items():
-            if n != name:
-                continue
-            d = dict(labels)
-            if match and not all(re.fullmatch(pat, d.get(k, "")) for k, pat in match.items()):
-                continue
-            res.append((labels, v))
-        return res
-
-    def delta(self, name: str, match: dict[str, str] | None = None) -> float | None:
-        """Increase of a counter (summed over its series) between the scrapes; None if it does not exist."""
-        now = self._select(self.now, name, match)
-        if not now:
-            return None
-        prev = dict(self._select(self.prev, name, match))
-        # A series that restarted (its process did) counts from zero, as Prometheus' increase() does.
-        return sum(v - prev.get(labels, 0.0) if v >= prev.get(labels, 0.0) else v for labels, v in now)
-
-    def gauge(self, name: str, agg: Callable = max, match: dict[str, str] | None = None) -> float | None:
-        vals = [v for _, v in self._select(self.now, name, match)]
-        return agg(vals) if vals else None
-
-    def quantile(self, q: float, name: str) -> float | None:
-        """histogram_quantile over the buckets' increase (linear within a bucket, as Prometheus does)."""
-        buckets: dict[float, float] = {}
-        now = self._select(self.now, f"{name}_bucket", None)
-        prev = dict(self._select(self.prev, f"{name}_bucket", None))
-        for labels, v in now:
-            le = dict(labels).get("le")
-            if le is None:
-                continue
-            bound = math.inf if le == "+Inf" else float(le)
-            buckets[bound] = buckets.get(bound, 0.0) + max(0.0, v - prev.get(labels, 0.0))
-        if not buckets or buckets.get(math.inf, 0.0) <= 0:
-            return None
-        total, lower, below = buckets[math.inf], 0.0, 0.0
-        rank = q * total
-        for bound in sorted(buckets):
-            count = buckets[bound]
-            if count >= rank:
-                if bound == math.inf:
-                    return lower
-                span = count - below
-                return lower + (bound - lower) * ((rank - below) / span if span > 0 else 1.0)
-            lower, below = bound, count
-        return lower
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-    return None if num is None or not den else num / den
-
-
-@dataclass(frozen=True)
-class Signal:
-    promql: str
-    fn: Callable[[Window], float | None]
-    help: str
-
-
-SIGNALS: dict[str, Signal] = {
-    "error_rate": Signal(
-        'sum(rate(ray_raygen_requests_total{status=~"5.."}[5m])) / sum(rate(ray_raygen_requests_total[5m]))',
-        lambda w: _ratio(w.delta("ray_raygen_requests_total", {"status": "5.."}) or 0.0, w.delta("ray_raygen_requests_total")),
-        "share of requests answered with a 5xx"),
-    "ttft_p99_seconds": Signal(
-        "histogram_quantile(0.99, sum by (le) (rate(ray_raygen_ttft_seconds_bucket[5m])))",
-        lambda w: w.quantile(0.99, "ray_raygen_ttft_seconds"), "99th percentile time to first token"),
-    "kv_cache_usage": Signal(
-        "max(ray_raygen_kv_cache_usage_ratio)", lambda w: w.gauge("ray_raygen_kv_cache_usage_ratio"),
-        "fullest replica's share of KV-cache blocks in use"),
-    "replica_starts": Signal(
-        "sum(increase(ray_raygen_llm_replica_starts_total[10m]))", lambda w: w.delta("ray_raygen_llm_replica_starts_total"),
-        "model replicas started in the window (restarts, or a fast scale-out)"),
-    "rate_limited_per_second": Signal(
-        "sum(rate(ray_raygen_rate_limited_total[5m]))",
-        lambda w: _ratio(w.delta("ray_raygen_rate_limited_total"), w.seconds), "requests refused with 429 per second"),
-    "safety_blocks_per_second": Signal(
-        "sum(rate(ray_raygen_safety_blocks_total[5m]))",
-        lambda w: _ratio(w.delta("ray_raygen_safety_blocks_total"), w.seconds), "safety-filter blocks per second"),
-    "train_loss_nan": Signal(
-        "max(ray_raygen_train_loss != ray_raygen_train_loss)",
-        lambda w: None if w.gauge("ray_raygen_train_loss") is None else float(math.isnan(w.gauge("ray_raygen_train_loss"))),
-        "1 when a training run's loss is NaN"),
-    "train_loss_ratio": Signal(
-        "max(ray_raygen_train_loss / ray_raygen_train_loss_min)",
-        lambda w: _ratio(w.gauge("ray_raygen_train_loss"), w.gauge("ray_raygen_train_loss_min", min)),
-        "training loss over its best so far (diverging when well above 1)"),
-    "data_drop_ratio": Signal(
-        'sum(increase(ray_raygen_data_dropped_total[1h])) / sum(increase(ray_raygen_data_documents_total{outcome="read"}[1h]))',
-        lambda w: _ratio(w.delta("ray_raygen_data_dropped_total") or 0.0,
-                         w.delta("ray_raygen_data_documents_total", {"outcome": "read"})),
-        "share of input documents dropped by the data stages"),
-}
+__all__ = ["SIGNALS", "Samples", "Window", "parse_prometheus_text"]  # (defined in signals.py)
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _CMPOPS = {ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
@@ -254,10 +132,10 @@ class Rule:
 
     def promql(self) -> str:
         """The same condition in PromQL, each signal replaced by its query."""
-        out = self.expr
+        out = self.expr.replace(" and ", " and on() ").replace(" or ", " or on() ")
         for name in sorted(self.signals(), key=len, reverse=True):
             out = re.sub(rf"\b{name}\b", f"({SIGNALS[name].promql})", out)
-        return out.replace(" and ", " and on() ").replace(" or ", " or on() ")
+        return out
 
 
 @dataclass
@@ -293,7 +171,7 @@ class AlertEvaluator:
         self.state = {r.name: _State() for r in rules}
 
     def step(self, window: Window, now: float) -> list[Notification]:
-        env = {name: s.fn(window) for name, s in SIGNALS.items()}
+        env = {name: s.value(window) for name, s in SIGNALS.items()}
         out = []
         for rule in self.rules:
             st = self.state[rule.name]
