@@ -130,6 +130,14 @@ def test_completion_returns_text_and_exact_usage(server, trained):
         == choice["text"]
     models = json.loads(urllib.request.urlopen(f"{server}/v1/models", timeout=30).read())
     assert models["data"][0]["id"] == "demo"
+    from raygen.serve import schema  # what was sent is what /openapi.json documents
+
+    schema.CompletionResponse.model_validate(body)
+    schema.ModelList.model_validate(models)
+    doc = json.loads(urllib.request.urlopen(f"{server}/openapi.json", timeout=30).read())
+    ref = doc["paths"]["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert "logit_bias" in doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+    assert b"swagger-ui" in urllib.request.urlopen(f"{server}/docs", timeout=30).read()
 
 
 def test_streaming_sse_ends_with_done(server):
@@ -141,6 +149,10 @@ def test_streaming_sse_ends_with_done(server):
         events = [line[len("data: "):] for line in r.read().decode().splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
+    from raygen.serve.schema import CompletionChunk
+
+    for c in chunks:
+        CompletionChunk.model_validate(c)
     assert chunks[-1]["usage"]["completion_tokens"] >= 1 and chunks[-1]["choices"] == []
     assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
     assert len(chunks) >= 3  # text arrived in more than one piece

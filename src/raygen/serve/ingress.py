@@ -34,6 +34,8 @@ from raygen.serve.cache import cache_key, cacheable
 from raygen.serve.postprocess import Postprocessor
 from raygen.serve.preprocess import Preprocessor
 from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, Delta, load_json, parse_request
+from raygen.serve.schema import (ChatCompletionChunk, ChatCompletionResponse, CompletionChunk, CompletionResponse,
+                                 ModelList, error_responses, generation_route, install_openapi)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 # the last streamed byte), continuing the caller's W3C context when the request carries one.
 api = FastAPI(title="raygen", description="OpenAI-compatible completions served by raygen on Ray Serve",
               telemetry={"tracing": False, "metrics": False, "logs": False})
+install_openapi(api, [CompletionRequest, ChatCompletionRequest, CompletionChunk, ChatCompletionChunk])
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -223,7 +226,7 @@ class Ingress(SpanSource):
             return JSONResponse({"status": "not ready", "reason": exc.__class__.__name__}, status_code=503)
         return {"status": "ready", "model": self.model_name, "version": self.version, "engine": stats}
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses={200: {"model": ModelList}, **error_responses()})
     def models(self, request: Request):
         try:
             self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
@@ -243,11 +246,12 @@ class Ingress(SpanSource):
         self.near.clear()
         return {"invalidated": await self.gateway.invalidate.remote()}
 
-    @api.post("/v1/completions")
+    @api.post("/v1/completions", **generation_route(CompletionRequest, CompletionResponse, CompletionChunk))
     async def completions(self, request: Request):
         return await self._serve(request, "text")
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", **generation_route(ChatCompletionRequest, ChatCompletionResponse,
+                                                         ChatCompletionChunk))
     async def chat_completions(self, request: Request):
         return await self._serve(request, "chat")
 
