@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "engine"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MODEL = dict(n_layer=6, n_embd=512, n_head=8, vocab_size=8192, n_positions=1024)
-KV_BYTES = 768 * 2**20
+KV_MIB = 768
 MAX_SEQS, MAX_BATCHED = 128, 1024
 
 
@@ -68,9 +68,9 @@ def worker_raygen(model: str, dtype: str, reqs: list[dict], prefix_caching: bool
     from raygen.engine.engine import AsyncLLMEngine, EngineConfig, LLMEngine
     from raygen.engine.request import SamplingParams
 
-    eng = LLMEngine(EngineConfig(model, dtype=dtype, device="cpu", kv_cache_bytes=KV_BYTES, max_num_seqs=MAX_SEQS,
+    eng = LLMEngine(EngineConfig(model, dtype=dtype, device="cpu", kv_cache_mib=KV_MIB, max_num_seqs=MAX_SEQS,
                                  max_num_batched_tokens=MAX_BATCHED, enable_prefix_caching=prefix_caching,
-                                 tokenizer=None))
+                                 max_num_waiting=None, tokenizer=None))
     eng.generate([[1] * 64] * 4, SamplingParams(max_tokens=8, temperature=0))  # warm-up, not timed
     eng.step_log = []
     times: list[list[float]] = [[] for _ in reqs]

@@ -300,7 +300,7 @@ from raygen.engine.engine import AsyncLLMEngine, EngineConfig
 from raygen.engine.request import SamplingParams
 e = {ENGINE!r}
 eng = AsyncLLMEngine.from_config(EngineConfig({model_dir!r}, dtype=e["dtype"], device="cpu",
-    kv_cache_bytes=e["kv_cache_mib"] * 2**20, max_num_seqs=e["max_num_seqs"],
+    kv_cache_mib=e["kv_cache_mib"], max_num_seqs=e["max_num_seqs"],
     max_num_batched_tokens=e["max_num_batched_tokens"]))
 reqs = json.loads({json.dumps(reqs)!r})
 async def main():

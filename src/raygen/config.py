@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raygen import paths, pii
+from raygen.engine.config import EngineConfig
 from raygen.errors import ConfigError
 
 
@@ -220,22 +221,6 @@ class RegistryConfig(_Model):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Model name.")
 
 
-class EngineSettings(_Model):
-    """raygen.engine knobs for each model replica (see raygen.engine.engine.EngineConfig)."""
-
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute and KV dtype; auto: the checkpoint's (bf16 for fp32 checkpoints on GPU).")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
-    block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
-    kv_cache_mib: int | None = Field(None, ge=1, description="KV pool size in MiB; unset: 90% of free GPU "
-                                                              "memory, or 512 MiB on CPU.")
-    max_num_seqs: int = Field(64, ge=1, description="Sequences batched at once per replica.")
-    max_num_batched_tokens: int = Field(1024, ge=1, description="Tokens per forward pass (prefill chunks + decodes).")
-    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of identical prompt prefixes.")
-    max_num_waiting: int | None = Field(128, ge=1, description="Requests queued in a replica's engine for "
-                                        "admission at most; past it 503 with Retry-After. Unset: no bound.")
-
-
 class ApiKeyEntry(_Model):
     name: str = Field(description="Who holds the key; the name (never the key) appears in logs.")
     key: str | None = Field(None, description="The key in clear (hashed on load); prefer key_sha256 in files.")
@@ -320,7 +305,8 @@ class ServeConfig(_Model):
                                              "when autoscaling) x llm_max_ongoing_requests + llm_max_queued_requests.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of the 503s the server sends when overloaded.")
     torch_threads: int = Field(0, ge=0, description="torch threads per model replica; 0: all cores.")
-    engine: EngineSettings = Field(default_factory=EngineSettings)
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Each model replica's engine "
+                                 "(raygen.engine.config; `model` comes from the registry).")
     system_prompt: str | None = Field(None, description="Prepended to chat conversations that have none.")
     truncation: Literal["error", "left"] = Field(
         "error", description="A prompt longer than the context: refuse it (400), or keep its last tokens.")
@@ -330,6 +316,12 @@ class ServeConfig(_Model):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     autoscaling: AutoscalingSettings | None = Field(None, description="Autoscale model replicas (replaces "
                                                                       "llm_replicas).")
+
+    @model_validator(mode="after")
+    def _model_from_the_registry(self) -> ServeConfig:
+        if self.engine.model:
+            raise ValueError("engine.model: the served model is registry.name at serve.version; leave it unset")
+        return self
 
 
 class AlertSettings(_Model):

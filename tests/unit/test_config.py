@@ -46,3 +46,16 @@ def test_shipped_configs_validate():
 
     root = Path(__file__).parents[2]
     load_config(root / "pipelines" / "configs" / "demo.yaml")
+
+
+def test_serve_engine_is_the_engines_own_config_checked_at_load():
+    from raygen.engine.config import EngineConfig
+
+    cfg = load_config(None, ["serve.engine.kv_cache_mib=96", "serve.engine.max_num_seqs=8"])
+    assert isinstance(cfg.serve.engine, EngineConfig) and cfg.serve.engine.kv_cache_mib == 96
+    with pytest.raises(ConfigError, match="serve.engine.kv_cache_mb"):
+        load_config(None, ["serve.engine.kv_cache_mb=96"])  # a typo fails at load, naming the key
+    with pytest.raises(ConfigError, match="block_size=0 is out of range"):
+        load_config(None, ["serve.engine.block_size=0"])
+    with pytest.raises(ConfigError, match="engine.model"):
+        load_config(None, ["serve.engine.model=/somewhere"])  # the registry names the served model

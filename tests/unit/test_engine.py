@@ -103,7 +103,7 @@ def test_greedy_matches_under_forced_preemption(models, family):
     prompts, max_tokens = workload(24, seed=2, prompt=(10, 40), output=(20, 40))
     ref = [hf_greedy(model, p, m) for p, m in zip(prompts, max_tokens, strict=True)]
     per_block = 2 * 2 * 4 * (64 if family == "gpt2" else 32) * 4  # layers × K,V × tokens × KV width × fp32
-    eng = engine(path, kv_cache_bytes=24 * per_block)  # 24 blocks of 4: about one long sequence and a half
+    eng = engine(path, kv_cache_mib=24 * per_block / 2**20)  # 24 blocks of 4: about one long sequence and a half
     assert eng.runner.num_blocks == 24
     assert greedy(eng, prompts, max_tokens) == ref
     assert eng.stats().num_preemptions > 0
@@ -185,7 +185,7 @@ def test_logprobs_match_the_models_distribution(models):
 
 def test_bad_requests_fail_at_once_with_clear_errors(models, tmp_path):
     path, _ = models["gpt2"]
-    eng = engine(path, kv_cache_bytes=8 * 2048)  # 8 blocks of 4 tokens
+    eng = engine(path, kv_cache_mib=8 * 2048 / 2**20)  # 8 blocks of 4 tokens
     with pytest.raises(PromptTooLongError, match="larger KV budget"):
         eng.add_request("long", list(range(30)), SamplingParams(max_tokens=5))
     with pytest.raises(ValueError, match=r"must be in \[0, 500\)"):
@@ -208,7 +208,8 @@ def test_bad_requests_fail_at_once_with_clear_errors(models, tmp_path):
 def test_thousand_random_requests_with_aborts_and_preemptions_return_every_block(models):
     path, _ = models["llama"]
     rng = random.Random(9)
-    eng = engine(path, kv_cache_bytes=24 * 2048, max_num_seqs=32, max_num_batched_tokens=96)
+    eng = engine(path, kv_cache_mib=24 * 2048 / 2**20, max_num_seqs=32, max_num_batched_tokens=96,
+                 max_num_waiting=None)  # a deep queue on purpose: bookkeeping under pressure, not the bound
     live, added, aborted, finished = set(), 0, 0, 0
     system = [rng.randrange(V) for _ in range(12)]  # some prefix sharing, so cached blocks are in play
     while added < 1000 or eng.has_unfinished():
@@ -294,7 +295,7 @@ def test_the_engine_imports_and_runs_without_ray(models):
             "builtins.__import__ = guard\n"
             "from raygen.engine.engine import EngineConfig, LLMEngine\n"
             "from raygen.engine.request import SamplingParams\n"
-            "e = LLMEngine(EngineConfig(sys.argv[1], dtype='float32', kv_cache_bytes=2**20))\n"
+            "e = LLMEngine(EngineConfig(sys.argv[1], dtype='float32', kv_cache_mib=1))\n"
             "print(len(e.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0))[0][0].token_ids))\n")
     out = subprocess.run([sys.executable, "-c", code, models["gpt2"][0]], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -302,7 +303,7 @@ def test_the_engine_imports_and_runs_without_ray(models):
 
 
 def test_outputs_carry_the_requests_engine_timestamps(models):
-    engine = LLMEngine(EngineConfig(str(models["gpt2"][0]), dtype="float32", kv_cache_bytes=2**22))
+    engine = LLMEngine(EngineConfig(str(models["gpt2"][0]), dtype="float32", kv_cache_mib=4))
     engine.add_request("r", [1, 2, 3, 4], SamplingParams(max_tokens=5, temperature=0, n=2, ignore_eos=True))
     outs = []
     while engine.has_unfinished():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from raygen.engine.config import EngineConfig
 from raygen.engine.detok import IncrementalDetokenizer
 from raygen.engine.kv_cache import BlockManager
 from raygen.engine.request import FINISH_REASON, RequestOutput, RequestTiming, SamplingParams, Sequence, Status, TokenLogprob
@@ -34,32 +35,6 @@ from raygen.errors import (EngineClosedError, EngineOverloadedError, EngineSetup
 
 log = logging.getLogger(__name__)
 MAX_CHUNK_OUTPUTS = 8  # step outputs merged into one streamed chunk at most
-
-
-@dataclass
-class EngineConfig:
-    model: str  # local Hugging Face model directory (save_pretrained output)
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16; auto: the checkpoint's (bf16 for fp32 on GPU)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    block_size: int = 16  # tokens per KV block
-    kv_cache_bytes: int | None = None  # KV pool size; None: kv_cache_fraction of free GPU memory, 512 MiB on CPU
-    kv_cache_fraction: float = 0.9  # of free device memory after loading the model (CUDA only)
-    max_num_seqs: int = 256  # sequences running at once
-    max_num_batched_tokens: int = 2048  # tokens per forward (prefill chunks + decodes)
-    max_model_len: int | None = None  # prompt + max_tokens limit; None: the model's context window
-    max_num_waiting: int | None = None  # requests queued for admission at most; past it add_request raises
-    #                                     EngineOverloadedError (a 503 with Retry-After when served); None: no bound
-    enable_prefix_caching: bool = True
-    num_threads: int = 0  # torch CPU threads; 0 leaves torch's default
-    tokenizer: str | None = "auto"  # directory; auto: the model directory when it has one; None: no text
-
-    def __post_init__(self):
-        for name, ok in (("block_size", self.block_size >= 1), ("max_num_seqs", self.max_num_seqs >= 1),
-                         ("max_num_waiting", self.max_num_waiting is None or self.max_num_waiting >= 1),
-                         ("max_num_batched_tokens", self.max_num_batched_tokens >= 1),
-                         ("kv_cache_fraction", 0 < self.kv_cache_fraction <= 1)):
-            if not ok:
-                raise EngineSetupError(f"EngineConfig.{name}={getattr(self, name)!r} is out of range")
 
 
 @dataclass
@@ -111,6 +86,8 @@ def merge(outputs: Iterable[RequestOutput]) -> RequestOutput:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig):
+        if not config.model:
+            raise EngineSetupError("EngineConfig.model is empty: give a local Hugging Face model directory")
         self.config = config
         if config.num_threads:
             torch.set_num_threads(config.num_threads)

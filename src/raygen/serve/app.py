@@ -61,7 +61,7 @@ def build_graph(cfg: RaygenConfig) -> Application:
     s = cfg.serve
     obs, name = cfg.observability.model_dump(exclude={"alerts"}), cfg.registry.name
     llm = LLMServer.options(**_llm_options(s)).bind(
-        model_dir=str(model_dir), engine=s.engine.model_dump(), torch_threads=s.torch_threads, model_name=name,
+        model_dir=str(model_dir), engine=s.engine, torch_threads=s.torch_threads, model_name=name,
         observability=obs, version=version, retry_after_s=s.retry_after_s)
     safety = s.safety.model_dump()
     pre_args = dict(model_dir=str(model_dir), max_tokens_default=s.max_tokens_default,

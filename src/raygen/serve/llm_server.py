@@ -8,6 +8,7 @@ recorded when Serve polls `record_routing_stats` (every second).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from ray import serve
 
+from raygen.engine.config import EngineConfig
 from raygen.engine.request import RequestOutput, SamplingParams
 from raygen.errors import EngineOverloadedError, RequestError, unavailable
 from raygen.observability.metrics import record
@@ -27,20 +29,18 @@ from raygen.serve.protocol import ReplicaChunk
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
 class LLMServer(SpanSource):
-    def __init__(self, model_dir: str, engine: dict, torch_threads: int = 0, model_name: str = "model",
+    def __init__(self, model_dir: str, engine: EngineConfig, torch_threads: int = 0, model_name: str = "model",
                  observability: dict | None = None, version: str = "", retry_after_s: int = 1):
-        """engine: the serve.engine section of the raygen config (EngineSettings, as a dict); version: the
+        """engine: the serve.engine section of the raygen config, served from model_dir; version: the
         registry version this replica serves (every chunk it yields names it)."""
         import torch
 
-        from raygen.engine.engine import AsyncLLMEngine, EngineConfig
+        from raygen.engine.engine import AsyncLLMEngine
 
         init_process(observability, "raygen-llm")
         self.model_name, self.version, self.retry_after_s = model_name, version, retry_after_s
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
-        mib = engine.pop("kv_cache_mib", None)
-        self.engine = AsyncLLMEngine.from_config(
-            EngineConfig(model_dir, kv_cache_bytes=mib * 2**20 if mib else None, **engine))
+        self.engine = AsyncLLMEngine.from_config(dataclasses.replace(engine, model=model_dir))
         record("raygen_llm_replica_starts_total", model=model_name)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, trace: dict | None = None
