@@ -289,7 +289,7 @@ def worker_raygen(a: argparse.Namespace) -> dict:
     from dataclasses import asdict
 
     return {"wall": marks.get("curated", time.time()) - t0, "full_wall": wall, "kept": kept, "filtered": filtered,
-            "stats": asdict(st), "stages": d.stages, "labelers": [s.get("kind") for s in d.labelers],
+            "stats": asdict(st), "stages": d.stages, "labelers": [s.kind for s in d.labelers],
             "minhash": {"shingle": d.near_dedup.shingle, "bands": d.near_dedup.bands, "rows": d.near_dedup.rows,
                         "threshold": d.near_dedup.threshold}}
 

@@ -16,11 +16,19 @@ import shutil
 import time
 from pathlib import Path
 
+from pydantic import Field
+
+from raygen._config_base import ConfigModel
 from raygen.errors import RegistryError
 
 _VERSION = re.compile(r"^v(\d+)$")
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 CARD = "raygen.json"
+
+
+class RegistryConfig(ConfigModel):
+    root: str = Field("models", description="Registry directory: <root>/<name>/<version>/.")
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Model name.")
 
 
 class Registry:

@@ -59,3 +59,31 @@ def test_serve_engine_is_the_engines_own_config_checked_at_load():
         load_config(None, ["serve.engine.block_size=0"])
     with pytest.raises(ConfigError, match="engine.model"):
         load_config(None, ["serve.engine.model=/somewhere"])  # the registry names the served model
+
+
+def test_labelers_are_typed_by_kind_and_their_defaults_are_the_labelers_own():
+    import inspect
+
+    from raygen.data import config as dc
+    from raygen.data import label
+
+    specs = {"language": dc.LanguageLabelerSpec, "quality": dc.QualityLabelerSpec, "domain": dc.DomainLabelerSpec,
+             "toxicity": dc.ToxicityLabelerSpec, "model": dc.ModelLabelerSpec, "human": dc.HumanLabelerSpec}
+    assert set(specs) == set(label.KINDS)
+    for kind, spec in specs.items():  # one option set: a spec's fields and defaults are its labeler's arguments
+        params = inspect.signature(label.KINDS[kind]).parameters
+        fields = {n: f for n, f in spec.model_fields.items() if n not in ("kind", "concurrency")}
+        assert set(fields) == set(params), kind
+        for name, f in fields.items():
+            if params[name].default is not inspect.Parameter.empty:
+                assert f.default == params[name].default, (kind, name)
+    with pytest.raises(ConfigError, match=r"data.labelers.0.domain.min_rat: unknown key"):
+        load_config(None, ["data.labelers=[{kind: domain, min_rat: 3}]"])  # fails at load, not in a worker
+    with pytest.raises(ConfigError, match="does not match any of the expected tags"):
+        load_config(None, ["data.labelers=[{kind: topic}]"])
+    with pytest.raises(ConfigError, match="no stage or labeler writes a column 'domian'"):
+        load_config(None, ["data.label_filter={domian: [code]}"])
+    with pytest.raises(ConfigError, match="writes column 'label'"):
+        load_config(None, ["data.labelers=[{kind: model, path: /m}, {kind: model, path: /n}]"])
+    cfg = load_config(None, ["data.labelers=[{kind: model, path: /m, name: topic}]", "data.label_filter={topic: [a]}"])
+    assert cfg.data.label_columns()["topic_score"] == "labelers[0] (model)"

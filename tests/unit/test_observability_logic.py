@@ -133,7 +133,7 @@ def test_tracing_off_makes_no_trace_ids():
 
 
 def test_batch_jobs_become_a_trace_after_the_fact():
-    from raygen.config import ObservabilitySettings
+    from raygen.observability.config import ObservabilitySettings
     from raygen.observability import tracing
 
     tid = tracing.record_spans(ObservabilitySettings(tracing="memory"), "test", "data.prepare", 10.0, 20.0,

@@ -10,11 +10,12 @@ from raygen.registry import Registry
 
 @pytest.fixture()
 def hf_model(tmp_path):
-    from raygen.config import ModelConfig
-    from raygen.train.model import build_model
+    from raygen.train.config import ModelConfig
+    from raygen.train.model import build_hf_config, model_from
 
-    model = build_model(ModelConfig(n_layer=1, n_embd=16, n_head=2), vocab_size=64, context_length=32,
-                        eos_id=0, pad_id=1)
+    hf = build_hf_config(ModelConfig(n_layer=1, n_embd=16, n_head=2), vocab_size=64, context_length=32,
+                         eos_id=0, pad_id=1)
+    model = model_from(hf.to_dict())
     d = tmp_path / "export"
     model.save_pretrained(d)
     return d

@@ -6,6 +6,8 @@ Names are imported on first use.
 from raygen._lazy import exports
 
 __all__, __getattr__, __dir__ = exports(__name__, {
+    "DataConfig": "raygen.data.config",
+    "FeaturesConfig": "raygen.data.config",
     "DataStats": "raygen.data.pipeline",
     "prepare_data": "raygen.data.pipeline",
     "load_stats": "raygen.data.pipeline",

@@ -110,14 +110,19 @@ def _length_hist(batch: dict) -> dict:
 _LABELERS: dict[str, list] = {}  # per worker process: labelers built once, not per batch
 
 
-def _label_and_mix(batch: dict, specs: list[dict], label_filter: dict, label_weights: dict) -> dict:
+def _label(batch: dict, specs: list[dict]) -> dict:
+    """The rule labelers' columns (built once per worker process)."""
     from raygen.data.label import apply_labelers, build_labelers
 
     key = json.dumps(specs, sort_keys=True)
     if key not in _LABELERS:
         _LABELERS[key] = build_labelers(specs)
-    batch = apply_labelers(batch, _LABELERS[key]) if specs else dict(batch)
-    n = len(batch["text"])
+    return apply_labelers(batch, _LABELERS[key]) if specs else dict(batch)
+
+
+def _filter_and_weigh(batch: dict, label_filter: dict, label_weights: dict) -> dict:
+    """Drop (with a reason) what label_filter excludes; scale weights by label_weights. After every labeler,
+    model labelers included, so any label column can be used."""
     reasons = np.array(batch["drop_reason"], dtype=object)
     weight = np.asarray(batch["weight"], dtype=float).copy()
     for col, allowed in label_filter.items():
@@ -125,9 +130,7 @@ def _label_and_mix(batch: dict, specs: list[dict], label_filter: dict, label_wei
         reasons = np.where((reasons == "") & ~ok, DROP_LABEL_FILTER, reasons)
     for col, table in label_weights.items():
         weight *= np.array([table.get(str(v), 1.0) for v in batch[col]], dtype=float)
-    batch["drop_reason"], batch["weight"] = reasons, weight
-    assert len(reasons) == n
-    return batch
+    return {**batch, "drop_reason": reasons, "weight": weight}
 
 
 # -- runs and the manifest -----------------------------------------------------------------------------------
@@ -278,14 +281,16 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
     starts["dedup"] = t
 
     t = time.time()
-    kept = kept.map_batches(_label_and_mix, batch_format="numpy", batch_size=256, fn_kwargs={
-        "specs": [s for s in d.labelers if s.get("kind") != "model"], "label_filter": d.label_filter,
-        "label_weights": d.label_weights})
-    for spec in (s for s in d.labelers if s.get("kind") == "model"):
+    kept = kept.map_batches(_label, batch_format="numpy", batch_size=256, fn_kwargs={
+        "specs": [s.model_dump() for s in d.labelers if s.kind != "model"]})
+    for spec in (s for s in d.labelers if s.kind == "model"):
         from raygen.data.label import ModelLabeler
 
-        kept = kept.map_batches(ModelLabeler, fn_constructor_kwargs={k: v for k, v in spec.items() if k != "kind"},
-                                batch_format="numpy", batch_size=64, concurrency=spec.get("concurrency", 1))
+        kept = kept.map_batches(ModelLabeler, fn_constructor_kwargs=spec.model_dump(exclude={"kind", "concurrency"}),
+                                batch_format="numpy", batch_size=64, concurrency=spec.concurrency)
+    if d.label_filter or d.label_weights:
+        kept = kept.map_batches(_filter_and_weigh, batch_format="numpy", batch_size=256, fn_kwargs={
+            "label_filter": d.label_filter, "label_weights": d.label_weights})
     kept = kept.materialize()
     labeled = _reason_counts(kept)
     if labeled.get(DROP_LABEL_FILTER):

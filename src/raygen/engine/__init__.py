@@ -9,7 +9,7 @@ from raygen._lazy import exports
 __all__, __getattr__, __dir__ = exports(__name__, {
     "LLMEngine": "raygen.engine.engine",
     "AsyncLLMEngine": "raygen.engine.engine",
-    "EngineConfig": "raygen.engine.engine",
+    "EngineConfig": "raygen.engine.config",
     "EngineStats": "raygen.engine.engine",
     "SamplingParams": "raygen.engine.request",
     "RequestOutput": "raygen.engine.request",

@@ -7,6 +7,7 @@ OpenAI-compatible API. Names are imported on first use.
 from raygen._lazy import exports
 
 __all__, __getattr__, __dir__ = exports(__name__, {
+    "ServeConfig": "raygen.serve.config",
     "APP_NAME": "raygen.serve.app",
     "AppArgs": "raygen.serve.app",
     "build_app": "raygen.serve.app",

@@ -59,11 +59,11 @@ def _llm_options(s) -> dict:
 def build_graph(cfg: RaygenConfig) -> Application:
     version, model_dir = Registry(cfg.registry.root).resolve(cfg.registry.name, cfg.serve.version)
     s = cfg.serve
-    obs, name = cfg.observability.model_dump(exclude={"alerts"}), cfg.registry.name
+    obs, name = cfg.observability, cfg.registry.name
     llm = LLMServer.options(**_llm_options(s)).bind(
         model_dir=str(model_dir), engine=s.engine, torch_threads=s.torch_threads, model_name=name,
         observability=obs, version=version, retry_after_s=s.retry_after_s)
-    safety = s.safety.model_dump()
+    safety = s.safety
     pre_args = dict(model_dir=str(model_dir), max_tokens_default=s.max_tokens_default,
                     max_tokens_limit=s.max_tokens_limit, system_prompt=s.system_prompt, truncation=s.truncation,
                     safety=safety, max_prompt_tokens=s.max_prompt_tokens, model_name=name, observability=obs)
@@ -76,11 +76,11 @@ def build_graph(cfg: RaygenConfig) -> Application:
         pre, post = pre_args, post_args
     rl = s.rate_limit
     key_caps = {k.name: k.max_concurrent for k in s.auth.keys if k.max_concurrent}
-    gateway = Gateway.bind(rate_limit=rl.model_dump(), cache=s.cache.model_dump(), version=version, key_caps=key_caps)
+    gateway = Gateway.bind(rate_limit=rl, cache=s.cache, version=version, key_caps=key_caps)
     return Ingress.options(num_replicas=s.ingress_replicas, max_ongoing_requests=s.ingress_max_ongoing_requests,
                            max_queued_requests=s.ingress_max_queued_requests).bind(
         preprocessor=pre, postprocessor=post, gateway=gateway, llm=llm, model_name=cfg.registry.name,
-        version=version, max_body_bytes=s.max_body_bytes, auth=s.auth.model_dump(exclude_none=True),
+        version=version, max_body_bytes=s.max_body_bytes, auth=s.auth,
         rate_limited=rl.enabled or rl.max_concurrent_per_key is not None or bool(key_caps), cached=s.cache.enabled,
         near_cache_s=s.cache.near_ttl_s, observability=obs, gateway_failure=rl.on_gateway_failure,
         gateway_timeout_s=rl.gateway_timeout_s, retry_after_s=s.retry_after_s, max_inflight=_max_inflight(s))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raygen.errors import ConfigError, RequestError
+from raygen.serve.config import ApiKeyEntry
 
 ENV_VAR = "RAYGEN_API_KEYS"
 
@@ -48,15 +49,16 @@ class KeyStore:
         return bool(self._by_hash)
 
     @classmethod
-    def load(cls, entries: list[dict] | None = None, keys_file: str | None = None, env: bool = True) -> KeyStore:
+    def load(cls, entries: list[ApiKeyEntry | dict] | None = None, keys_file: str | None = None,
+             env: bool = True) -> KeyStore:
+        """entries: serve.auth.keys (dicts are validated as ApiKeyEntry)."""
         keys = []
         for i, e in enumerate(entries or []):
-            if ("key" in e) == ("key_sha256" in e):
-                raise ConfigError(f"serve.auth.keys[{i}] ({e.get('name', '?')}): give exactly one of key, key_sha256")
-            h = digest(e["key"]) if "key" in e else e["key_sha256"].lower()
-            models = e.get("models")
-            keys.append(ApiKey(e.get("name", f"key{i}"), h, frozenset(models) if models is not None else None,
-                               bool(e.get("admin", False))))
+            e = e if isinstance(e, ApiKeyEntry) else ApiKeyEntry.model_validate(e)
+            if (e.key is None) == (e.key_sha256 is None):
+                raise ConfigError(f"serve.auth.keys[{i}] ({e.name}): give exactly one of key, key_sha256")
+            h = digest(e.key) if e.key is not None else e.key_sha256.lower()
+            keys.append(ApiKey(e.name, h, frozenset(e.models) if e.models is not None else None, e.admin))
         if env and os.environ.get(ENV_VAR):
             for i, item in enumerate(os.environ[ENV_VAR].split(",")):
                 name, sep, key = item.strip().partition(":")

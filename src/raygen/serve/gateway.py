@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from ray import serve
 
 from raygen.serve.cache import ResponseCache
+from raygen.serve.config import CacheSettings, RateLimitSettings
 from raygen.serve.ratelimit import ConcurrencyLimiter, RateLimiter
 
 
@@ -35,14 +36,14 @@ class Admission:
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 class Gateway:
-    def __init__(self, rate_limit: dict, cache: dict, version: str, key_caps: dict[str, int] | None = None):
+    def __init__(self, rate_limit: RateLimitSettings, cache: CacheSettings, version: str,
+                 key_caps: dict[str, int] | None = None):
         """key_caps: concurrency caps of named API keys (overriding rate_limit's max_concurrent_per_key)."""
-        self.limiter = RateLimiter(rate_limit["requests_per_minute"], rate_limit["tokens_per_minute"]) \
-            if rate_limit["enabled"] else None
-        cap = rate_limit.get("max_concurrent_per_key")
+        rl = rate_limit
+        self.limiter = RateLimiter(rl.requests_per_minute, rl.tokens_per_minute) if rl.enabled else None
+        cap = rl.max_concurrent_per_key
         self.concurrency = ConcurrencyLimiter(cap, per_key=key_caps) if cap or key_caps else None
-        self.cache = ResponseCache(cache["max_entries"], cache["max_mib"] * 2**20, cache["ttl_s"]) \
-            if cache["enabled"] else None
+        self.cache = ResponseCache(cache.max_entries, cache.max_mib * 2**20, cache.ttl_s) if cache.enabled else None
         self.version = version
         if self.cache is not None:
             # A new deployment of the graph means a promoted version: answers of the old one must go.

@@ -24,6 +24,7 @@ from ray import serve
 
 from raygen.errors import RaygenError, RequestError, as_request_error, find_cause, unavailable
 from raygen.observability import logs  # (its request_id_var by attribute: route functions get pickled)
+from raygen.observability.config import ObservabilitySettings
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.requests import RequestObserver
@@ -31,6 +32,7 @@ from raygen.observability.tracing import SpanSource
 from raygen.serve import openai_format as fmt
 from raygen.serve.auth import ANONYMOUS, KeyStore
 from raygen.serve.cache import cache_key, cacheable
+from raygen.serve.config import AuthSettings
 from raygen.serve.postprocess import Postprocessor
 from raygen.serve.preprocess import Preprocessor
 from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, Delta, load_json, parse_request
@@ -183,9 +185,10 @@ def _replica_gone(exc: BaseException) -> bool:
 @serve.ingress(api)
 class Ingress(SpanSource):
     def __init__(self, preprocessor, postprocessor, gateway, llm, model_name: str, version: str, max_body_bytes: int,
-                 auth: dict | None = None, rate_limited: bool = True, cached: bool = True, near_cache_s: float = 1.0,
-                 observability: dict | None = None, gateway_failure: str = "open", gateway_timeout_s: float = 2.0,
-                 retry_after_s: int = 1, max_inflight: int | None = None):
+                 auth: AuthSettings | None = None, rate_limited: bool = True, cached: bool = True,
+                 near_cache_s: float = 1.0, observability: ObservabilitySettings | None = None,
+                 gateway_failure: str = "open", gateway_timeout_s: float = 2.0, retry_after_s: int = 1,
+                 max_inflight: int | None = None):
         self.obs = init_process(observability, "raygen-ingress")
         # DeploymentHandles, or (the default, see app.py) the same classes run in this process.
         self.pre = preprocessor if not isinstance(preprocessor, dict) else _InProcess(Preprocessor, preprocessor)
@@ -196,8 +199,8 @@ class Ingress(SpanSource):
         self.model_name = model_name
         self.version = version
         self.max_body_bytes = max_body_bytes
-        auth = auth or {}
-        self.keys = KeyStore.load(auth.get("keys"), auth.get("keys_file"))
+        auth = auth or AuthSettings()
+        self.keys = KeyStore.load(auth.keys, auth.keys_file)
         self.rate_limited, self.cached = rate_limited, cached  # off: no Gateway round trip for them
         self.near = NearCache(near_cache_s)
         # While the Gateway is down: "open" admits without limits, "closed" answers 503 (the cache fails open).
@@ -268,7 +271,7 @@ class Ingress(SpanSource):
     async def _serve(self, request: Request, kind: str):
         request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         obs = RequestObserver(ROUTE_LABEL[kind], self.model_name, self.version, request_id,
-                              log_text=self.obs["log_text"], access=self.obs["access_log"],
+                              log_text=self.obs.log_text, access=self.obs.access_log,
                               parent=dict(request.headers))
         if self.max_inflight is not None and self._inflight >= self.max_inflight:
             err = unavailable(f"the server is overloaded ({self._inflight} requests in flight on this ingress "

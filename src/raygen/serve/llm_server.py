@@ -20,6 +20,7 @@ from ray import serve
 from raygen.engine.config import EngineConfig
 from raygen.engine.request import RequestOutput, SamplingParams
 from raygen.errors import EngineOverloadedError, RequestError, unavailable
+from raygen.observability.config import ObservabilitySettings
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.requests import engine_spans
@@ -30,7 +31,8 @@ from raygen.serve.protocol import ReplicaChunk
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
 class LLMServer(SpanSource):
     def __init__(self, model_dir: str, engine: EngineConfig, torch_threads: int = 0, model_name: str = "model",
-                 observability: dict | None = None, version: str = "", retry_after_s: int = 1):
+                 observability: ObservabilitySettings | None = None, version: str = "",
+                 retry_after_s: int = 1):
         """engine: the serve.engine section of the raygen config, served from model_dir; version: the
         registry version this replica serves (every chunk it yields names it)."""
         import torch

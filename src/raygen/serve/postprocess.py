@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from raygen.engine.request import RequestOutput, SamplingParams
+from raygen.observability.config import ObservabilitySettings
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.tracing import SpanSource, extract, inject, tracer
+from raygen.serve.config import SafetySettings
 from raygen.serve.preprocess import build_safety
 from raygen.serve.protocol import Delta
 
@@ -25,8 +27,8 @@ log = logging.getLogger(__name__)
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 class Postprocessor(SpanSource):
-    def __init__(self, llm, model_dir: str, safety: dict | None = None, model_name: str = "model",
-                 observability: dict | None = None):
+    def __init__(self, llm, model_dir: str, safety: SafetySettings | None = None, model_name: str = "model",
+                 observability: ObservabilitySettings | None = None):
         from transformers import AutoTokenizer
 
         init_process(observability, "raygen-postprocessor")

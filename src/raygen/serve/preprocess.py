@@ -13,6 +13,8 @@ from ray import serve
 
 from raygen.engine.request import SamplingParams
 from raygen.errors import EngineSetupError, RequestError
+from raygen.serve.config import SafetySettings
+from raygen.observability.config import ObservabilitySettings
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.tracing import SpanSource, extract, tracer
@@ -35,18 +37,17 @@ def context_window(model_dir: str | Path) -> int:
     raise EngineSetupError(f"{model_dir}/config.json names no context length")
 
 
-def build_safety(cfg: dict) -> SafetyFilter:
-    """SafetySettings (as a dict) → SafetyFilter; the classifier loads here when configured."""
-    clf = hf_classifier(cfg["classifier"], cfg["classifier_labels"], cfg["classifier_threshold"]) \
-        if cfg.get("classifier") else None
-    return SafetyFilter(cfg["blocklist"], cfg["patterns"], cfg["redact_pii"], clf, pii_kinds=tuple(cfg["pii_kinds"]))
+def build_safety(cfg: SafetySettings) -> SafetyFilter:
+    """serve.safety → SafetyFilter; the classifier loads here when configured."""
+    clf = hf_classifier(cfg.classifier, cfg.classifier_labels, cfg.classifier_threshold) if cfg.classifier else None
+    return SafetyFilter(cfg.blocklist, cfg.patterns, cfg.redact_pii, clf, pii_kinds=tuple(cfg.pii_kinds))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class Preprocessor(SpanSource):
     def __init__(self, model_dir: str, max_tokens_default: int, max_tokens_limit: int, system_prompt: str | None = None,
-                 truncation: str = "error", safety: dict | None = None, max_prompt_tokens: int | None = None,
-                 model_name: str = "model", observability: dict | None = None):
+                 truncation: str = "error", safety: SafetySettings | None = None, max_prompt_tokens: int | None = None,
+                 model_name: str = "model", observability: ObservabilitySettings | None = None):
         from transformers import AutoTokenizer
 
         init_process(observability, "raygen-preprocessor")

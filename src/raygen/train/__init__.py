@@ -6,6 +6,9 @@ Names are imported on first use.
 from raygen._lazy import exports
 
 __all__, __getattr__, __dir__ = exports(__name__, {
+    "ModelConfig": "raygen.train.config",
+    "TrainConfig": "raygen.train.config",
+    "TuneSettings": "raygen.train.config",
     "TrainOutcome": "raygen.train.trainer",
     "train": "raygen.train.trainer",
     "tune_run": "raygen.train.tune",

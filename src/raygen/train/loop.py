@@ -24,7 +24,9 @@ import tempfile
 import time
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from raygen.errors import TrainingError
 
@@ -63,15 +65,6 @@ def _val_loss(engine, shard, batch_size: int, device, autocast) -> float:
     return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
 
 
-def _build(config: dict):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if config["pretrained"]:
-        return AutoModelForCausalLM.from_pretrained(config["pretrained"], dtype="float32")
-    hf = dict(config["hf_config"])
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model(hf.pop("model_type"), **hf))
-
-
 def _grad_norm(engine, from_grads: bool) -> float:
     """The global gradient norm of the step just taken (before clipping). from_grads: DeepSpeed keeps none
     (plain data parallel in fp32), so it is taken from the all-reduced grads, before the step clears them."""
@@ -104,51 +97,119 @@ def _fp32_state_dict(engine, zero_stage: int, rank: int) -> dict | None:
     return state | {k: v for k, v in engine.module.state_dict().items() if k not in state}  # buffers
 
 
+@dataclass
+class _Run:
+    """What the steps of one worker's run share: settings, the DeepSpeed engine, and the progress."""
+
+    tc: Any  # TrainConfig
+    ctx: Any  # ray.train's context
+    device: Any
+    precision: str  # fp32 | bf16 | bf16-autocast
+    engine: Any = None
+    scheduler: Any = None
+    peak: float = 0.0  # measured matmul FLOP/s of all workers
+    fpt: float = 0.0  # FLOPs per token
+    tokens_per_step: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    resumed_from: list = field(default_factory=list)  # the step of every resume
+    val_shard: Any = None
+    mark: tuple[int, float] = (0, 0.0)  # (step, time) of the last progress line: throughput between lines
+    loss_sum: Any = None  # this rank's micro-batch losses since the last progress line (a tensor)
+    micro: int = 0  # micro-batches in loss_sum
+
+    @property
+    def rank(self) -> int:
+        return self.ctx.get_world_rank()
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16-autocast" \
+            else nullcontext()
+
+
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker function: config is a WorkerConfig's dict (re-validated here)."""
     import ray.train
+
+    from raygen.train.config import WorkerConfig
+
+    w, t_start = WorkerConfig.model_validate(config), time.time()
+    run = _setup(w, ray.train.get_context())
+    _resume(run)
+    run.val_shard = ray.train.get_dataset_shard("val")
+    run.mark = (run.step, time.time())
+    metrics: dict = {"step": run.step}
+    streams = 0
+    while run.step < w.train.max_steps:
+        metrics = _train_stream(run, ray.train.get_dataset_shard("train"), streams, metrics)
+        streams += 1
+    if not run.history or run.history[-1].get("step") != run.step or "val_loss" not in run.history[-1]:
+        _evaluate_and_report(run, metrics)  # resumed at or past max_steps: evaluate and export again
+    if run.rank == 0:
+        _say(f"done at step {run.step} in {time.time() - t_start:.0f}s: val loss {run.history[-1]['val_loss']:.4f}")
+
+
+def _setup(w, ctx) -> _Run:
+    """Device and threads, the model, the precision and the measured peak, the DeepSpeed engine."""
     import torch
 
-    from raygen.config import TrainConfig
-    from raygen.observability.metrics import record
     from raygen.train.flops import flops_per_token, measure_matmul_peak
-    from raygen.train.model import num_params
-    from raygen.train.schedule import lr_factor
+    from raygen.train.model import model_from, num_params
 
-    tc = TrainConfig.model_validate(config["train"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    use_gpu = torch.cuda.is_available() and bool(config["use_gpu"])
+    tc = w.train
+    use_gpu = torch.cuda.is_available() and w.use_gpu
     if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed  # after DS_ACCELERATOR: it picks its accelerator at import
-
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported: it picks it at import
     # DeepSpeed's ZeRO calls a torch.distributed collective that warns on every step.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    import ray.train.torch
 
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
     # Ray sets OMP threads from the (fractional) CPU reservation; size torch's pool to the real cores.
     torch.set_num_threads(tc.torch_threads or max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
     torch.manual_seed(tc.seed)  # same init on every rank
-    model = _build(config)
-    block = config["block_size"]
+    model = model_from(w.hf_config, w.pretrained)
+    run = _Run(tc, ctx, device, _precision(tc.precision, device))
+    dtype = torch.float32 if run.precision == "fp32" else torch.bfloat16
+    run.peak = _all_reduce([measure_matmul_peak(dtype, device)], device, op="sum")[0]  # FLOP/s of all workers
+    run.fpt, n_params = flops_per_token(model, w.block_size), num_params(model)  # before ZeRO-3 partitions it
+    run.tokens_per_step = tc.micro_batch_size * tc.accum_steps * w.block_size * ctx.get_world_size()
+    run.engine, run.scheduler = _deepspeed(model, tc, run.precision, use_gpu)
+    if run.rank == 0:
+        _say(f"{n_params / 1e6:.2f}M params, ZeRO-{tc.zero_stage}"
+             f"{' + optimizer offload' if tc.offload_optimizer else ''}, {run.precision}, {ctx.get_world_size()} "
+             f"workers × {tc.micro_batch_size} × {tc.accum_steps} accum × {w.block_size} tokens = "
+             f"{run.tokens_per_step} tokens/step, device {device} ({torch.get_num_threads()} torch threads"
+             f"{', OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] if 'OMP_WAIT_POLICY' in os.environ else ''}); "
+             f"MFU against a measured {dtype} matmul peak of {run.peak / 1e9:.1f} GFLOP/s (all workers), "
+             f"{run.fpt / 1e6:.1f} MFLOP/token")
+    return run
 
-    # Precision and the measured peak: every rank measures with its own threads at the same time (as they
-    # will train), the decision and the peak are reduced so that all ranks agree.
-    precision = tc.precision
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            fp32, bf16 = _all_reduce([measure_matmul_peak(torch.float32, device, 1024),
-                                      measure_matmul_peak(torch.bfloat16, device, 1024)], device)
-            precision = "bf16" if bf16 >= 1.3 * fp32 else "fp32"
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-    peak = _all_reduce([measure_matmul_peak(dtype, device)], device, op="sum")[0]  # FLOP/s of all workers
-    fpt = flops_per_token(model, block)
-    n_params = num_params(model)  # before ZeRO-3 partitions the parameters away
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-autocast" else nullcontext()
+def _precision(asked: str, device) -> str:
+    """auto: bf16 on CUDA when supported; on CPU bf16 when its measured matmul peak beats fp32 by 1.3x. Every
+    rank measures with its own threads at the same time (as they will train); the reduction makes all agree."""
+    import torch
+
+    from raygen.train.flops import measure_matmul_peak
+
+    if asked != "auto":
+        return asked
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    fp32, bf16 = _all_reduce([measure_matmul_peak(torch.float32, device, 1024),
+                              measure_matmul_peak(torch.bfloat16, device, 1024)], device)
+    return "bf16" if bf16 >= 1.3 * fp32 else "fp32"
+
+
+def _deepspeed(model, tc, precision: str, use_gpu: bool):
+    """(DeepSpeed engine, lr scheduler): a torch AdamW (no fused op to build), decay on matrices only."""
+    import deepspeed
+    import torch
+
+    from raygen.train.schedule import lr_factor
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and norm gains
@@ -160,10 +221,9 @@ def train_loop_per_worker(config: dict) -> None:
     zero: dict = {"stage": tc.zero_stage}
     if tc.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
-    accum = tc.accum_steps
     ds_config = {
         "train_micro_batch_size_per_gpu": tc.micro_batch_size,
-        "gradient_accumulation_steps": accum,
+        "gradient_accumulation_steps": tc.accum_steps,
         "gradient_clipping": tc.grad_clip,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch AdamW: avoids JIT-building DeepSpeed's FusedAdam
@@ -176,126 +236,136 @@ def train_loop_per_worker(config: dict) -> None:
     }
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
+    return engine, scheduler
 
-    step, history, resumed_from = 0, [], []  # resumed_from: the step of every resume
+
+def _resume(run: _Run) -> None:
+    """From the latest checkpoint, when Ray Train has one: weights, optimizer, schedule, step and history."""
+    import ray.train
+    import torch
+
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            _, client = engine.load_checkpoint(os.path.join(d, "deepspeed"))
-            step = int(client["step"])
+            _, client = run.engine.load_checkpoint(os.path.join(d, "deepspeed"))
+            run.step = int(client["step"])
             meta = json.loads(Path(d, "history.json").read_text())
-            history, resumed_from = meta["history"], meta["resumed_from"] + [step]
-        if rank == 0:
-            _say(f"resumed from the checkpoint of step {step} (resume {len(resumed_from)})")
-    torch.manual_seed(tc.seed + 1009 * rank + step)  # dropout: different per rank, reproducible per step
+            run.history, run.resumed_from = meta["history"], meta["resumed_from"] + [run.step]
+        if run.rank == 0:
+            _say(f"resumed from the checkpoint of step {run.step} (resume {len(run.resumed_from)})")
+    torch.manual_seed(run.tc.seed + 1009 * run.rank + run.step)  # dropout: different per rank, reproducible
 
-    tokens_per_step = tc.micro_batch_size * accum * block * world
-    if rank == 0:
-        _say(f"{n_params / 1e6:.2f}M params, ZeRO-{tc.zero_stage}"
-             f"{' + optimizer offload' if tc.offload_optimizer else ''}, {precision}, {world} workers × "
-             f"{tc.micro_batch_size} × {accum} accum × {block} tokens = {tokens_per_step} tokens/step, device "
-             f"{device} ({torch.get_num_threads()} torch threads"
-             f"{', OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] if 'OMP_WAIT_POLICY' in os.environ else ''}); MFU against a measured {dtype} matmul peak of {peak / 1e9:.1f} GFLOP/s "
-             f"(all workers), {fpt / 1e6:.1f} MFLOP/token")
 
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    every = tc.checkpoint_every or tc.eval_every
-    t_start = time.time()
-    mark = (step, time.time())  # (step, time) of the last progress line: throughput between lines
-    loss_sum = torch.zeros((), device=device)  # this rank's micro-batch losses since the last line
-    micro, streams = 0, 0
-    norm_from_grads = tc.zero_stage == 0 and precision != "bf16"  # no ZeRO or bf16 optimizer to keep the norm
+def _train_stream(run: _Run, shard, stream: int, metrics: dict) -> dict:
+    """Optimizer steps over one pass of the train stream (several epochs), until it runs dry or the run
+    ends; returns the latest metrics."""
+    import torch
 
-    def finish_step(metrics: dict) -> None:
-        """Eval, report and checkpoint at this step as the schedule says (all ranks together)."""
-        last = step >= tc.max_steps
-        metrics["val_loss"] = _val_loss(engine, val_shard, tc.micro_batch_size, device, autocast)
-        metrics["val_ppl"] = math.exp(metrics["val_loss"]) if metrics["val_loss"] < 50 else float("inf")
-        history.append({"step": step, "val_loss": metrics["val_loss"]})
-        if rank == 0:
-            _say(f"step {step}/{tc.max_steps} val loss {metrics['val_loss']:.4f} "
-                 f"(perplexity {metrics['val_ppl']:.1f})")
-        if not (last or step % every == 0):
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            engine.save_checkpoint(os.path.join(tmp, "deepspeed"), tag=f"step{step}",
-                                   client_state={"step": step})  # collective; each rank writes its shards
-            # Consolidated Hugging Face weights at the end, in fp32 (collectives: ZeRO-3 and bf16 gather them).
-            state = None
-            if last and precision == "bf16":
-                state = _fp32_state_dict(engine, tc.zero_stage, rank)
-            elif last and tc.zero_stage == 3:
-                state = engine._zero3_consolidated_16bit_state_dict()
-            if rank == 0:
-                Path(tmp, "history.json").write_text(json.dumps({"history": history, "resumed_from": resumed_from}))
-                if last:
-                    engine.module.save_pretrained(Path(tmp, "hf"), state_dict=state, safe_serialization=True)
-                    if precision == "bf16":  # save_pretrained records the bf16 model's dtype; the weights are fp32
-                        engine.module.config.dtype = "float32"
-                        engine.module.config.save_pretrained(Path(tmp, "hf"))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_step{step:06d}")
+    tc, engine = run.tc, run.engine
+    batches = shard.iter_torch_batches(
+        batch_size=tc.micro_batch_size, dtypes=torch.long, device=run.device, drop_last=True,
+        # Seeded per rank: Ray Data hands whole blocks to the workers, and a shard can come to two workers in
+        # one stream (as two of its epochs); the same seed would give them the same batches.
+        local_shuffle_buffer_size=256, local_shuffle_seed=tc.seed + 7919 * run.step + 104729 * run.rank + stream)
+    norm_from_grads = tc.zero_stage == 0 and run.precision != "bf16"  # no ZeRO or bf16 optimizer keeps the norm
+    if run.loss_sum is None:
+        run.loss_sum = torch.zeros((), device=run.device)
+    got_batch = False
+    for batch in batches:
+        got_batch = True
+        ids = batch["input_ids"]  # (B, T)
+        with run.autocast():
+            loss = engine(input_ids=ids, labels=ids).loss
+        engine.backward(loss)
+        boundary = engine.is_gradient_accumulation_boundary()
+        grad_norm = _grad_norm(engine, True) if boundary and norm_from_grads else None
+        engine.step()
+        run.loss_sum += loss.detach()
+        run.micro += 1
+        if not boundary:
+            continue
+        run.step += 1
+        last = run.step >= tc.max_steps
+        if run.step % tc.log_every and run.step % tc.eval_every and not last and run.step != 1:
+            continue
+        loss_value = _all_reduce([run.loss_sum.item() / run.micro], run.device)[0]
+        run.loss_sum.zero_()
+        run.micro = 0
+        metrics = _log_step(run, loss_value, grad_norm)
+        if last or run.step % tc.eval_every == 0:
+            _evaluate_and_report(run, metrics)
+        if last:
+            break
+    if not got_batch:
+        raise TrainingError("the train shard yielded no full batch: lower train.micro_batch_size")
+    return metrics
 
-    metrics: dict = {"step": step}
-    while step < tc.max_steps:
-        batches = train_shard.iter_torch_batches(
-            batch_size=tc.micro_batch_size, dtypes=torch.long, device=device, drop_last=True,
-            # Seeded per rank: Ray Data hands whole blocks to the workers, and a shard can come to two
-            # workers in one stream (as two of its epochs); the same seed would give them the same batches.
-            local_shuffle_buffer_size=256, local_shuffle_seed=tc.seed + 7919 * step + 104729 * rank + streams)
-        streams += 1
-        got_batch = False
-        for batch in batches:
-            got_batch = True
-            ids = batch["input_ids"]  # (B, T)
-            with autocast():
-                loss = engine(input_ids=ids, labels=ids).loss
-            engine.backward(loss)
-            boundary = engine.is_gradient_accumulation_boundary()
-            grad_norm = _grad_norm(engine, True) if boundary and norm_from_grads else None
-            engine.step()
-            loss_sum += loss.detach()
-            micro += 1
-            if not boundary:
-                continue
-            step += 1
-            last = step >= tc.max_steps
-            if step % tc.log_every and step % tc.eval_every and not last and step != 1:
-                continue
-            if grad_norm is None:
-                grad_norm = _grad_norm(engine, False)
-            loss_value = _all_reduce([loss_sum.item() / micro], device)[0]
-            loss_sum.zero_()
-            micro = 0
-            if not math.isfinite(loss_value):
-                raise TrainingError(f"training loss is {loss_value} at step {step}; lower train.lr "
-                                         "(or raise warmup_steps)")
-            now = time.time()
-            tok_s = tokens_per_step * (step - mark[0]) / max(now - mark[1], 1e-9)
-            mark = (step, now)
-            first_loss = next((h["loss"] for h in history if "loss" in h), loss_value)
-            metrics = {"step": step, "loss": loss_value, "first_loss": first_loss, "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": grad_norm,
-                       "tokens_per_s": tok_s, "mfu": tok_s * fpt / peak, "precision": precision,
-                       "restarts": len(resumed_from)}
-            history.append({k: metrics[k] for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu")})
-            if rank == 0:  # also to Ray's metrics (Prometheus endpoint, dashboard) between the Train reports
-                run = ctx.get_experiment_name()
-                record("raygen_train_loss", loss_value, run=run)
-                record("raygen_train_loss_min", min(h["loss"] for h in history if "loss" in h), run=run)
-                record("raygen_train_tokens_per_second", tok_s, run=run)
-                record("raygen_train_mfu_ratio", metrics["mfu"], run=run)
-                eta = (tc.max_steps - step) * tokens_per_step / max(tok_s, 1e-9)
-                _say(f"step {step}/{tc.max_steps} loss {loss_value:.4f} lr {metrics['lr']:.2e} "
-                     f"gnorm {grad_norm:.3f} {tok_s:,.0f} tok/s MFU {100 * metrics['mfu']:.1f}% eta {eta:.0f}s")
-            if last or step % tc.eval_every == 0:
-                finish_step(metrics)
-            if last:
-                break
-        if not got_batch:
-            raise TrainingError("the train shard yielded no full batch: lower train.micro_batch_size")
-    if not history or history[-1].get("step") != step or "val_loss" not in history[-1]:
-        finish_step(metrics)  # resumed at or past max_steps: evaluate and export again
-    if rank == 0:
-        _say(f"done at step {step} in {time.time() - t_start:.0f}s: val loss {history[-1]['val_loss']:.4f}")
+
+def _log_step(run: _Run, loss_value: float, grad_norm: float | None) -> dict:
+    """The step's metrics (history, Ray metrics, a progress line on rank 0)."""
+    from raygen.observability.metrics import record
+
+    tc = run.tc
+    if not math.isfinite(loss_value):
+        raise TrainingError(f"training loss is {loss_value} at step {run.step}; lower train.lr "
+                            "(or raise warmup_steps)")
+    if grad_norm is None:
+        grad_norm = _grad_norm(run.engine, False)
+    now = time.time()
+    tok_s = run.tokens_per_step * (run.step - run.mark[0]) / max(now - run.mark[1], 1e-9)
+    run.mark = (run.step, now)
+    first_loss = next((h["loss"] for h in run.history if "loss" in h), loss_value)
+    metrics = {"step": run.step, "loss": loss_value, "first_loss": first_loss, "lr": run.scheduler.get_last_lr()[0],
+               "grad_norm": grad_norm, "tokens_per_s": tok_s, "mfu": tok_s * run.fpt / run.peak,
+               "precision": run.precision, "restarts": len(run.resumed_from)}
+    run.history.append({k: metrics[k] for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu")})
+    if run.rank == 0:  # also to Ray's metrics (Prometheus endpoint, dashboard) between the Train reports
+        name = run.ctx.get_experiment_name()
+        record("raygen_train_loss", loss_value, run=name)
+        record("raygen_train_loss_min", min(h["loss"] for h in run.history if "loss" in h), run=name)
+        record("raygen_train_tokens_per_second", tok_s, run=name)
+        record("raygen_train_mfu_ratio", metrics["mfu"], run=name)
+        eta = (tc.max_steps - run.step) * run.tokens_per_step / max(tok_s, 1e-9)
+        _say(f"step {run.step}/{tc.max_steps} loss {loss_value:.4f} lr {metrics['lr']:.2e} gnorm {grad_norm:.3f} "
+             f"{tok_s:,.0f} tok/s MFU {100 * metrics['mfu']:.1f}% eta {eta:.0f}s")
+    return metrics
+
+
+def _evaluate_and_report(run: _Run, metrics: dict) -> None:
+    """Val loss, then a report to Ray Train, with a checkpoint when the schedule says (all ranks together)."""
+    import ray.train
+
+    tc, step = run.tc, run.step
+    metrics["val_loss"] = _val_loss(run.engine, run.val_shard, tc.micro_batch_size, run.device, run.autocast)
+    metrics["val_ppl"] = math.exp(metrics["val_loss"]) if metrics["val_loss"] < 50 else float("inf")
+    run.history.append({"step": step, "val_loss": metrics["val_loss"]})
+    if run.rank == 0:
+        _say(f"step {step}/{tc.max_steps} val loss {metrics['val_loss']:.4f} (perplexity {metrics['val_ppl']:.1f})")
+    last = step >= tc.max_steps
+    if not (last or step % (tc.checkpoint_every or tc.eval_every) == 0):
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_checkpoint(run, tmp, last)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint_step{step:06d}")
+
+
+def _write_checkpoint(run: _Run, tmp: str, last: bool) -> None:
+    """The sharded DeepSpeed state and the history; at the end also the Hugging Face model in fp32 (the
+    gathers are collectives: every rank calls them)."""
+    engine = run.engine
+    engine.save_checkpoint(os.path.join(tmp, "deepspeed"), tag=f"step{run.step}", client_state={"step": run.step})
+    state = None
+    if last and run.precision == "bf16":
+        state = _fp32_state_dict(engine, run.tc.zero_stage, run.rank)
+    elif last and run.tc.zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    if run.rank != 0:
+        return
+    Path(tmp, "history.json").write_text(json.dumps({"history": run.history, "resumed_from": run.resumed_from}))
+    if last:
+        engine.module.save_pretrained(Path(tmp, "hf"), state_dict=state, safe_serialization=True)
+        if run.precision == "bf16":  # save_pretrained records the bf16 model's dtype; the weights are fp32
+            engine.module.config.dtype = "float32"
+            engine.module.config.save_pretrained(Path(tmp, "hf"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from raygen.config import ModelConfig
+from raygen.train.config import ModelConfig
 from raygen.errors import ConfigError
 
 # name -> family and sizes. Parameter counts are for a 32k vocabulary with tied embeddings (GPT-2) or
@@ -83,14 +83,15 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, context_length: int, eos_
         tie_word_embeddings=False, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id)
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, context_length: int, eos_id: int, pad_id: int):
-    """Random init from the config (seed torch first), or the pretrained weights to fine-tune."""
-    from transformers import AutoModelForCausalLM
+def model_from(hf_config: dict, pretrained: str | None = None):
+    """The model a training run starts from: the pretrained weights to fine-tune, or a random init of the
+    transformers config (seed torch first). The one builder: the workers and the tests use it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    if cfg.pretrained:
-        build_hf_config(cfg, vocab_size, context_length, eos_id, pad_id)  # same checks as on the driver
-        return AutoModelForCausalLM.from_pretrained(cfg.pretrained, dtype="float32")
-    return AutoModelForCausalLM.from_config(build_hf_config(cfg, vocab_size, context_length, eos_id, pad_id))
+    if pretrained:
+        return AutoModelForCausalLM.from_pretrained(pretrained, dtype="float32")
+    hf = dict(hf_config)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(hf.pop("model_type"), **hf))
 
 
 def num_params(model) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 import ray
 
 from raygen.config import RaygenConfig
+from raygen.train.config import WorkerConfig
 from raygen.data.pipeline import DataStats, load_stats
 from raygen.errors import ConfigError, DataError, TrainingError
 from raygen.observability.tracing import record_spans
@@ -142,7 +143,7 @@ def _check_run(cfg: RaygenConfig, run_name: str, fingerprint: str, dataset_versi
 
 def prepare(cfg: RaygenConfig):
     """Everything that can fail before a worker starts: data, tokenizer, shapes, batch arithmetic.
-    Returns (data stats, the transformers config, the loop config the workers get)."""
+    Returns (data stats, the transformers config, what each worker gets)."""
     from transformers import AutoTokenizer
 
     from raygen.train.model import build_hf_config
@@ -155,11 +156,9 @@ def prepare(cfg: RaygenConfig):
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= cfg.train.num_workers
-    loop_config = {
-        "train": cfg.train.model_dump(), "hf_config": hf.to_dict(), "pretrained": cfg.model.pretrained,
-        "use_gpu": use_gpu, "block_size": stats.block_size, "tokenizer_dir": tok_dir,
-    }
-    return stats, hf, loop_config
+    worker = WorkerConfig(train=cfg.train, hf_config=hf.to_dict(), pretrained=cfg.model.pretrained,
+                          use_gpu=use_gpu, block_size=stats.block_size)
+    return stats, hf, worker
 
 
 def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None = None) -> TrainOutcome:
@@ -171,7 +170,7 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
     from raygen.train.model import config_fingerprint, describe
 
     t0 = time.time()
-    stats, hf_config, loop_config = prepare(cfg)
+    stats, hf_config, worker = prepare(cfg)
     tc = cfg.train
     run_name = run_name or (tc.run_name if tc.resume else f"{tc.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     resuming = _check_run(cfg, run_name, config_fingerprint(hf_config), stats.dataset_version)
@@ -183,10 +182,10 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
                                stats.num_train_blocks)
     datasets = {"train": _train_stream(Path(stats.output_dir, "train"), epochs, tc.seed),
                 "val": ray.data.read_parquet(str(Path(stats.output_dir, "val")), num_cpus=0.25)}
-    use_gpu = loop_config["use_gpu"]
+    use_gpu = worker.use_gpu
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=worker.model_dump(),  # re-validated as a WorkerConfig on arrival
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
         run_config=RunConfig(
@@ -217,5 +216,5 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
                   "raygen.steps": tc.max_steps, "raygen.dataset_version": stats.dataset_version,
                   "raygen.val_loss": result.metrics.get("val_loss"), "raygen.restarts": len(meta["resumed_from"])})
     return TrainOutcome(metrics=dict(result.metrics), checkpoint_dir=ckpt, hf_dir=str(Path(ckpt, "hf")),
-                        tokenizer_dir=loop_config["tokenizer_dir"], data=stats, seconds=time.time() - t0,
+                        tokenizer_dir=str(Path(stats.output_dir, "tokenizer")), data=stats, seconds=time.time() - t0,
                         run_name=run_name, history=meta["history"], resumed_from=meta["resumed_from"])

@@ -38,7 +38,7 @@ _DISTRIBUTIONS = {"uniform": 2, "loguniform": 2, "randint": 2, "choice": None, "
 
 def parse_space(space: dict[str, Any], search: str) -> dict[str, tuple[str, Any]]:
     """{field: (kind, args)} with kind in fixed/uniform/loguniform/randint/choice/grid; raises ConfigError."""
-    from raygen.config import ModelConfig, TrainConfig
+    from raygen.train.config import ModelConfig, TrainConfig
 
     fields = {"train": TrainConfig.model_fields, "model": ModelConfig.model_fields}
     out: dict[str, tuple[str, Any]] = {}
