@@ -113,3 +113,12 @@ def test_importing_the_packages_imports_neither_torch_nor_ray():
             "print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_functions_read_top_to_bottom_in_at_most_60_lines():
+    """The training step, the data job and the ingress path are lists of named steps; nothing grows past
+    a screen."""
+    long = [f"{f.relative_to(REPO)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for f, tree in _trees(SRC) for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    assert not long, "split these into named steps:\n" + "\n".join(long)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from raygen.data.tally import tally
+
 NUMERIC_BINS = np.linspace(0, 1, 11)  # numeric labels are scores in [0, 1]
 
 
@@ -36,8 +38,6 @@ def label_distributions(ds: ray.data.Dataset, columns: list[str]) -> dict[str, d
                 counts += b["counts"].sum(axis=0)
             out[col] = {"kind": "numeric", "bins": NUMERIC_BINS.tolist(), "counts": counts.tolist()}
         else:
-            from raygen.data.pipeline import tally
-
             top = sorted(tally(ds, col).items(), key=lambda kv: -kv[1])
             out[col] = {"kind": "categorical", "counts": dict(top[:50]),
                         "other": sum(n for _, n in top[50:])}

@@ -129,7 +129,7 @@ class DataConfig(ConfigModel):
     incremental: bool = Field(True, description="Skip documents already in the output's manifest; add new ones.")
     reserve_operator_memory: bool = Field(False, description="Ray Data's per-operator object-store reservation. "
                                                              "Off: with a store smaller than the corpus it stalled "
-                                                             "read → map here (tests/test_data_scale.py).")
+                                                             "read → map here (tests/integration/test_data_scale.py).")
     output_dir: str = Field("data/demo", description="Where tokenizer, Parquet shards, card and stats go.")
 
     @model_validator(mode="after")

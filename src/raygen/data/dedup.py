@@ -203,6 +203,15 @@ def _log(msg: str) -> None:
     print(f"[raygen dedup] {msg}", flush=True)
 
 
+def _check_columns(ds: ray.data.Dataset, text_col: str, id_col: str) -> None:
+    schema = ds.schema()
+    types = dict(zip(schema.names, schema.types, strict=True)) if schema is not None else {}
+    if text_col not in types or id_col not in types:
+        raise DataError(f"near_dedup needs columns {text_col!r} and {id_col!r}; the dataset has {list(types)}")
+    if not pa.types.is_integer(types[id_col]):
+        raise DataError(f"near_dedup needs integer ids in {id_col!r} (got {types[id_col]}); number the documents")
+
+
 def near_dedup(
     ds: ray.data.Dataset,
     *,
@@ -225,12 +234,7 @@ def near_dedup(
     then every candidate pair counts); num_partitions: shuffle partitions (default: ~1M band rows each)."""
     t0 = time.time()
     hasher = MinHasher(shingle_size=shingle_size, bands=bands, rows=rows, seed=seed)
-    schema = ds.schema()
-    types = dict(zip(schema.names, schema.types, strict=True)) if schema is not None else {}
-    if text_col not in types or id_col not in types:
-        raise DataError(f"near_dedup needs columns {text_col!r} and {id_col!r}; the dataset has {list(types)}")
-    if not pa.types.is_integer(types[id_col]):
-        raise DataError(f"near_dedup needs integer ids in {id_col!r} (got {types[id_col]}); number the documents")
+    _check_columns(ds, text_col, id_col)
     num_docs = ds.count()
     parts = num_partitions or max(2, min(200, -(-num_docs * bands // _ROWS_PER_PARTITION)))
     groups = parts * _GROUPS_PER_PARTITION

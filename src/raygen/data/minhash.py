@@ -18,13 +18,9 @@ permutations of the shingle universe). Modulus 2^32 instead of a prime p: numpy'
 for free and vectorizes, while (a·x + b) mod p with 61-bit a and p needs 128-bit products that numpy
 uint64 cannot hold (the popular uint64 form silently overflows before its `% p`). The inputs are
 already well-mixed hashes, so the affine family's known weakness on structured keys does not apply;
-`tests/test_minhash.py` checks that estimates match true Jaccard with the binomial spread sqrt(J(1-J)/P).
+`tests/unit/test_minhash.py` checks that estimates match true Jaccard with the binomial spread sqrt(J(1-J)/P).
 All permutations are applied at once to a (num_perm, chunk) uint32 buffer and reduced per document with
-`np.minimum.reduceat`; this step costs ~0.5 ns per (shingle, permutation) on one core.
-
-Speed (one core, 1-5 KB documents, 1024 per batch): ~40 MB/s, ~13k docs/s for signatures and band keys
-with 140 permutations; about half is shingling (lowercase, split, dictionary, window hashes), half the
-permutations, so the default 120 is ~7% faster than 140.
+`np.minimum.reduceat` (speeds: benchmarks/RESULTS.md, "Design measurements").
 
 Bands. The signature is cut into `bands` bands of `rows` values; two documents become a candidate pair
 when any band is equal. A pair with Jaccard J is caught with probability 1 - (1 - J^r)^b, an S-curve
@@ -35,11 +31,9 @@ whose steepest point is near t = (1/b)^(1/r). Defaults b=24, r=5 (num_perm = 120
 
 The threshold sits well *below* the 0.8 we dedup at on purpose: banding is only the recall stage and
 verification (exact Jaccard of the shingle sets, see `dedup.py`) gives the precision, so a false
-candidate costs one exact comparison and never a wrong removal. The curve used to be 20 × 7 (t ≈ 0.65,
-0.991 at J = 0.8): one pair in 110 at the threshold was never compared, which the 50 MB benchmark showed
-as a missed pair that datatrove (no verification, so every chained candidate counts) caught. With the
-curve centred on 0.8 (say 14 × 8, t ≈ 0.72) one pair in 13 at J = 0.8 would never even be compared.
-Without verification, pick a curve centred on the target instead, e.g. 9 × 13 (t ≈ 0.84).
+candidate costs one exact comparison and never a wrong removal. A curve centred on 0.8 (say 14 × 8,
+t ≈ 0.72) would leave one pair in 13 at J = 0.8 never compared. Without verification, pick a curve
+centred on the target instead, e.g. 9 × 13 (t ≈ 0.84). (Why 24 × 5 replaced 20 × 7: RESULTS.md.)
 Each band's key is a 64-bit hash of its r values and its band index, so all bands share one key space.
 """
 

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import ray
 
 from raygen.config import RaygenConfig
 from raygen.data import card, clean, features, sources, stages
+from raygen.data.tally import tally
 from raygen.data.quality import QualityRules
 from raygen.errors import DataError
 from raygen.observability.tracing import record_spans
@@ -172,31 +174,6 @@ def _skip_known(collected: ray.data.Dataset, out: Path, runs: list[str]) -> ray.
 
 
 # -- the job ------------------------------------------------------------------------------------------------------
-_SUM = "\x00sum:"  # value-column prefix of the per-batch sums in _count_values' output
-
-
-def _count_values(batch: pd.DataFrame, col: str, sums: list[str]) -> pd.DataFrame:
-    vc = batch[col].astype(str).value_counts()
-    values = list(vc.index.astype(str)) + [_SUM + c for c in sums]
-    counts = list(vc.to_numpy(dtype=np.int64)) + [int(batch[c].sum()) for c in sums]
-    return pd.DataFrame({"value": values, "n": np.array(counts, dtype=np.int64)})
-
-
-def tally(ds: ray.data.Dataset, col: str, sums: list[str] | None = None):
-    """value -> rows, counted per batch in the workers and summed here: a few rows per batch reach the
-    driver, and no shuffle runs (a groupby would start a pool of aggregator actors for a handful of keys).
-    With sums, also {column: total} from the same pass: returns (counts, totals)."""
-    out: dict[str, int] = {}
-    for b in ds.map_batches(_count_values, batch_format="pandas", fn_kwargs={"col": col, "sums": sums or []}) \
-            .iter_batches(batch_format="pandas", batch_size=None):
-        for v, n in zip(b["value"], b["n"], strict=True):
-            out[v] = out.get(v, 0) + int(n)
-    if sums is None:
-        return out
-    totals = {c: out.pop(_SUM + c, 0) for c in sums}
-    return out, totals
-
-
 def _reason_counts(ds: ray.data.Dataset) -> dict[str, int]:
     return tally(ds, "drop_reason")
 
@@ -217,11 +194,62 @@ def _stage_table(num_collected: int, dropped: dict[str, int], order: list[str]) 
     return rows
 
 
+class _Clock:
+    """Seconds and start time per stage (the card's timings and the trace's spans)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.starts: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t = time.time()
+        yield
+        self.starts[name], self.seconds[name] = t, time.time() - t
+
+    def spans(self) -> list[tuple[str, float, float]]:
+        return [(f"data.{k}", self.starts[k], self.starts[k] + v) for k, v in self.seconds.items()]
+
+
 def prepare_data(cfg: RaygenConfig) -> DataStats:
-    t0 = time.time()
-    d = cfg.data
-    timings: dict[str, float] = {}
-    starts: dict[str, float] = {}  # stage -> start time (its span)
+    """The data job, step by step (see the module docstring); returns what it made."""
+    t0, d, clock = time.time(), cfg.data, _Clock()
+    out, runs = _open_output(d)
+    run = f"run-{len(runs) + 1:04d}"
+    with clock.stage("collect+stages"):
+        processed, counts, pii = _collect_and_clean(d, out, runs, run)
+    num_collected, dropped = sum(counts.values()), {k: v for k, v in counts.items() if k}
+    kept = processed.filter(lambda r: r["drop_reason"] == "")
+    with clock.stage("dedup"):
+        kept = _dedup(d, kept, counts.get("", 0), dropped)
+    with clock.stage("label"):
+        kept, num_docs = _label_and_filter(d, kept, dropped)
+    if num_docs + sum(dropped.values()) != num_collected:
+        raise DataError(f"accounting broke: {num_docs} kept + {dropped} != {num_collected} collected")  # a bug
+    corpus, all_runs = _write_run(d, out, run, runs, kept, processed, num_docs, num_collected, dropped)
+    feat = out / "features.tmp"
+    shutil.rmtree(feat, ignore_errors=True)
+    with clock.stage("tokenizer"):
+        tok = _tokenizer(cfg.features, corpus, feat / "tokenizer")
+    with clock.stage("features"):
+        packed, n_train, n_val, version = _pack(cfg.features, corpus, feat)
+    for name in ("tokenizer", "train", "val"):  # swap the new features in
+        shutil.rmtree(out / name, ignore_errors=True)
+        os.replace(feat / name, out / name)
+    shutil.rmtree(feat, ignore_errors=True)
+    stats = DataStats(
+        output_dir=str(out), num_collected=num_collected, dropped=dropped, num_documents=num_docs,
+        num_train_blocks=n_train, num_val_blocks=n_val, block_size=cfg.features.block_size, vocab_size=len(tok),
+        doc_tokens=int(packed.sum("doc_tokens")), tail_tokens=int(packed.sum("tail_tokens")), dataset_version=version,
+        seconds=round(time.time() - t0, 2), stages={k: round(v, 2) for k, v in clock.seconds.items()},
+        stage_counts=_stage_table(num_collected, dropped, d.stages), pii=pii, num_documents_total=corpus.count(),
+        runs=all_runs)
+    _publish(cfg, stats, corpus, clock, t0, run)
+    return stats
+
+
+def _open_output(d) -> tuple[Path, list[str]]:
+    """The output directory with the committed runs (none when not incremental), a killed run's debris gone."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same input, same shards
     ctx.op_resource_reservation_enabled = d.reserve_operator_memory
@@ -229,14 +257,18 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
     out.mkdir(parents=True, exist_ok=True)
     runs = _committed(out) if d.incremental else []
     if not d.incremental:
-        for sub in ("docs", "manifest", "quarantine", "runs.json"):
-            shutil.rmtree(out / sub, ignore_errors=True) if sub != "runs.json" else (out / sub).unlink(True)
+        for sub in ("docs", "manifest", "quarantine"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "runs.json").unlink(missing_ok=True)
     _remove_debris(out, runs)
-    run = f"run-{len(runs) + 1:04d}"
+    return out, runs
 
+
+def _collect_and_clean(d, out: Path, runs: list[str], run: str):
+    """Read every source, skip what earlier runs collected, run the document stages; unreadable records go to
+    quarantine/. Returns (the processed records, drop reason -> records ('' kept), PII kind -> redactions)."""
     srcs = [s.model_dump() for s in d.all_sources()]
     _log(f"{run}: collect builtin={d.builtin} sources={[s['path'] for s in srcs] or '-'}; stages {d.stages}")
-    t = time.time()
     collected = sources.collect(srcs, d.builtin)
     if runs:
         collected = _skip_known(collected, out, runs)
@@ -249,27 +281,23 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
                                       fn_kwargs={"stages": d.stages, "settings": settings}).materialize()
     sums = [f"pii_{k}" for k in d.pii_kinds] if "pii" in d.stages else []
     counts, totals = tally(processed, "drop_reason", sums)  # one pass: reasons and PII counts
-    num_collected = sum(counts.values())
-    pii = {k: totals[f"pii_{k}"] for k in d.pii_kinds} if sums else {}
     if any(counts.get(r) for r in sources.QUARANTINE):
         processed.filter(lambda r: r["drop_reason"] in sources.QUARANTINE) \
             .select_columns(["source", "offset", "drop_reason", "text"]).write_json(str(out / "quarantine" / run))
-    timings["collect+stages"] = time.time() - t
-    starts["collect+stages"] = t
-    _log(f"stages: {num_collected} records → {counts.get('', 0)} pass; "
+    _log(f"stages: {sum(counts.values())} records → {counts.get('', 0)} pass; "
          f"dropped {dict(sorted((k, v) for k, v in counts.items() if k))}")
+    return processed, counts, {k: totals[f"pii_{k}"] for k in d.pii_kinds} if sums else {}
 
-    t = time.time()
-    kept = processed.filter(lambda r: r["drop_reason"] == "")
-    dropped = {k: v for k, v in counts.items() if k}
-    if "exact_dedup" in d.stages and counts.get("", 0):
-        parts = max(1, min(200, counts[""] // 2000))  # partitions scale with the data
+
+def _dedup(d, kept: ray.data.Dataset, num_kept: int, dropped: dict[str, int]) -> ray.data.Dataset:
+    """Exact, then near duplicates, as data.stages says; books what each drops in `dropped`."""
+    if "exact_dedup" in d.stages and num_kept:
+        parts = max(1, min(200, num_kept // 2000))  # partitions scale with the data
         kept = kept.groupby("hash", num_partitions=parts).map_groups(_first_of_group, batch_format="pandas") \
             .materialize()
-        exact = _reason_counts(kept).get(clean.DROP_DUPLICATE, 0)
-        dropped[clean.DROP_DUPLICATE] = exact
+        dropped[clean.DROP_DUPLICATE] = _reason_counts(kept).get(clean.DROP_DUPLICATE, 0)
         kept = kept.filter(lambda r: r["drop_reason"] == "").materialize()
-    if "near_dedup" in d.stages and counts.get("", 0):
+    if "near_dedup" in d.stages and num_kept:
         from raygen.data.dedup import near_dedup
 
         nd = d.near_dedup
@@ -277,10 +305,12 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
                                      threshold=nd.threshold)
         dropped["near_duplicate"] = nstats.num_dropped
         kept = kept.materialize()
-    timings["dedup"] = time.time() - t
-    starts["dedup"] = t
+    return kept
 
-    t = time.time()
+
+def _label_and_filter(d, kept: ray.data.Dataset, dropped: dict[str, int]) -> tuple[ray.data.Dataset, int]:
+    """The rule labelers in one task, each model labeler in its actors, then label_filter and label_weights;
+    returns (the documents kept, how many)."""
     kept = kept.map_batches(_label, batch_format="numpy", batch_size=256, fn_kwargs={
         "specs": [s.model_dump() for s in d.labelers if s.kind != "model"]})
     for spec in (s for s in d.labelers if s.kind == "model"):
@@ -296,16 +326,14 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
     if labeled.get(DROP_LABEL_FILTER):
         dropped[DROP_LABEL_FILTER] = labeled[DROP_LABEL_FILTER]
         kept = kept.filter(lambda r: r["drop_reason"] == "").materialize()
-    num_docs = labeled.get("", 0)
-    timings["label"] = time.time() - t
-    starts["label"] = t
-    if num_docs + sum(dropped.values()) != num_collected:
-        raise DataError(f"accounting broke: {num_docs} kept + {dropped} != {num_collected} collected")  # a bug
-    stage_counts = _stage_table(num_collected, dropped, d.stages)
+    return kept, labeled.get("", 0)
 
-    docs_dir = out / "docs" / run
+
+def _write_run(d, out: Path, run: str, runs: list[str], kept, processed, num_docs: int, num_collected: int,
+               dropped: dict[str, int]) -> tuple[ray.data.Dataset, list[str]]:
+    """This run's documents and manifest; returns (the corpus of every run, the runs)."""
     if num_docs:
-        kept.write_parquet(str(docs_dir))
+        kept.write_parquet(str(out / "docs" / run))
     processed.select_columns(["raw_hash"]).write_parquet(str(out / "manifest" / run))
     all_runs = runs + [run]
     doc_dirs = [str(out / "docs" / r) for r in all_runs if (out / "docs" / r).is_dir()]
@@ -313,68 +341,57 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
         raise DataError(f"the corpus is empty after curation ({num_collected} records in, dropped {dropped}); "
                         f"add data, or relax data.stages / data.quality / data.min_chars (now {d.min_chars})")
     corpus = ray.data.read_parquet(doc_dirs).materialize()
-    total_docs = corpus.count()
-    _log(f"curated: {num_collected} collected → {num_docs} new documents ({total_docs} in all runs)")
+    _log(f"curated: {num_collected} collected → {num_docs} new documents ({corpus.count()} in all runs)")
+    return corpus, all_runs
 
-    t = time.time()
-    feat = out / "features.tmp"
-    shutil.rmtree(feat, ignore_errors=True)
-    tok_dir = feat / "tokenizer"
-    fc = cfg.features
+
+def _tokenizer(fc, corpus: ray.data.Dataset, tok_dir: Path):
+    """features.tokenizer reused, or a byte-level BPE trained on a sample of the corpus's text."""
     if fc.tokenizer:
         tok = features.use_tokenizer(fc.tokenizer, str(tok_dir))
         _log(f"tokenizer: reused {fc.tokenizer}, {len(tok)} tokens")
-    else:
-        sized = corpus.map_batches(_with_bytes, batch_format="pandas")
-        tok = features.train_tokenizer(features.text_stream(sized, max_bytes=fc.tokenizer_sample_mb * 2**20),
-                                       fc.vocab_size, str(tok_dir), fc.chat_template)
-        _log(f"tokenizer: byte-level BPE trained on ≤{fc.tokenizer_sample_mb} MiB, {len(tok)} tokens")
-    timings["tokenizer"] = time.time() - t
-    starts["tokenizer"] = t
+        return tok
+    sized = corpus.map_batches(_with_bytes, batch_format="pandas")
+    tok = features.train_tokenizer(features.text_stream(sized, max_bytes=fc.tokenizer_sample_mb * 2**20),
+                                   fc.vocab_size, str(tok_dir), fc.chat_template)
+    _log(f"tokenizer: byte-level BPE trained on ≤{fc.tokenizer_sample_mb} MiB, {len(tok)} tokens")
+    return tok
 
-    t = time.time()
+
+def _pack(fc, corpus: ray.data.Dataset, feat: Path):
+    """Tokenize and pack into train/val Parquet under feat; returns (packed, train blocks, val blocks,
+    dataset version: an order-free digest of every block + the tokenizer + the block size)."""
+    tok_dir = feat / "tokenizer"
     packed = corpus.map_batches(
-        features.tokenize_and_pack, batch_format="numpy", batch_size=cfg.features.pack_batch_docs,
-        fn_kwargs={"tokenizer_dir": str(tok_dir), "block_size": cfg.features.block_size,
-                   "val_fraction": cfg.features.val_fraction},
+        features.tokenize_and_pack, batch_format="numpy", batch_size=fc.pack_batch_docs,
+        fn_kwargs={"tokenizer_dir": str(tok_dir), "block_size": fc.block_size, "val_fraction": fc.val_fraction},
     ).materialize()
-    split_counts = _reason_counts_by(packed, "split")
+    split_counts = tally(packed, "split")
     n_train, n_val = split_counts.get("train", 0), split_counts.get("val", 0)
     if n_train == 0 or n_val == 0:
-        raise DataError(f"packing gave {n_train} train and {n_val} val blocks of {cfg.features.block_size} "
-                        "tokens; add data, lower features.block_size or adjust features.val_fraction")
+        raise DataError(f"packing gave {n_train} train and {n_val} val blocks of {fc.block_size} tokens; add "
+                        "data, lower features.block_size or adjust features.val_fraction")
     for split in ("train", "val"):
         packed.map_batches(features.select_split, batch_format="numpy", fn_kwargs={"split": split}) \
               .write_parquet(str(feat / split))
     digest = (int(packed.sum("row_hash")) % 2**64).to_bytes(8, "little").hex()
     tok_digest = hashlib.blake2b((tok_dir / "tokenizer.json").read_bytes(), digest_size=4).hexdigest()
-    timings["features"] = time.time() - t
-    starts["features"] = t
+    return packed, n_train, n_val, f"{digest}-{tok_digest}-{fc.block_size}"
 
-    for name in ("tokenizer", "train", "val"):  # swap the new features in
-        shutil.rmtree(out / name, ignore_errors=True)
-        os.replace(feat / name, out / name)
-    shutil.rmtree(feat, ignore_errors=True)
 
-    stats = DataStats(
-        output_dir=str(out), num_collected=num_collected, dropped=dropped, num_documents=num_docs,
-        num_train_blocks=n_train, num_val_blocks=n_val, block_size=cfg.features.block_size,
-        vocab_size=len(tok), doc_tokens=int(packed.sum("doc_tokens")), tail_tokens=int(packed.sum("tail_tokens")),
-        dataset_version=f"{digest}-{tok_digest}-{cfg.features.block_size}",
-        seconds=round(time.time() - t0, 2), stages={k: round(v, 2) for k, v in timings.items()},
-        stage_counts=stage_counts, pii=pii, num_documents_total=total_docs, runs=all_runs)
+def _publish(cfg: RaygenConfig, stats: DataStats, corpus, clock: _Clock, t0: float, run: str) -> None:
+    """The card, stats.json, metrics and spans, then the commit that makes the run count."""
+    out = Path(stats.output_dir)
     card.write_card(out, stats, corpus, _sum_hist(corpus), LENGTH_BINS, _label_columns(corpus))
     stats.write()
     _record_metrics(stats)
-    record_spans(cfg.observability, "raygen-data", "data.prepare", t0, time.time(),
-                 [(f"data.{k}", starts[k], starts[k] + v) for k, v in timings.items() if k in starts],
+    record_spans(cfg.observability, "raygen-data", "data.prepare", t0, time.time(), clock.spans(),
                  {"raygen.run": run, "raygen.dataset_version": stats.dataset_version,
-                  "raygen.documents_in": num_collected, "raygen.train_blocks": n_train})
-    _commit(out, all_runs)
-    _log(f"features: {stats.doc_tokens} tokens → {n_train} train + {n_val} val blocks of "
-         f"{stats.block_size} ({stats.tail_tokens} tail tokens dropped); version {stats.dataset_version}")
+                  "raygen.documents_in": stats.num_collected, "raygen.train_blocks": stats.num_train_blocks})
+    _commit(out, stats.runs)
+    _log(f"features: {stats.doc_tokens} tokens → {stats.num_train_blocks} train + {stats.num_val_blocks} val "
+         f"blocks of {stats.block_size} ({stats.tail_tokens} tail tokens dropped); version {stats.dataset_version}")
     _log(f"wrote {out} (card: {out / 'card.md'}) in {stats.seconds:.1f}s")
-    return stats
 
 
 def _record_metrics(stats: DataStats) -> None:
@@ -436,10 +453,6 @@ def import_labels(cfg: RaygenConfig, export_path: str, name: str = "human_label"
         shutil.rmtree(old)
     _log(f"imported {len(labeler.labels)} annotations from {export_path} as column {name!r}: {labeled} documents")
     return labeled
-
-
-def _reason_counts_by(ds: ray.data.Dataset, col: str) -> dict:
-    return tally(ds, col)
 
 
 def _sum_hist(ds: ray.data.Dataset) -> np.ndarray:

@@ -9,11 +9,9 @@ into one batch (T tokens) and describes it with a `StepMetadata`:
     prefills        sequences that run a chunk of prompt; one SDPA call each with a causal mask that
                     starts after the tokens already in the cache
 
-Why these paths (measured on the 2-core AVX-512 CPU, 64 decodes of 100-500 tokens, 8 heads × 64, one
-layer, bf16): gathering blocks with `index_select` into a reused workspace, then one SDPA call per
-length group, costs ~4 ms (a fresh gather buffer per call costs 5-25 ms more in page faults; one SDPA
-call per sequence 17 ms; a (blocks, heads) layout with einsum 40 ms). The gather is half of that, so
-on CPU decodes go through a small C kernel that reads the pool in place (kernels.py); the gather +
+Decodes gather their blocks into a reused workspace and run one SDPA call per length group (the
+fastest torch layout; the alternatives' timings are in benchmarks/RESULTS.md, "Design measurements").
+On CPU they go through a small C kernel that reads the pool in place instead (kernels.py); the gather +
 SDPA path remains for CUDA and as the fallback. Prefill chunks are compute-bound: SDPA, one call each.
 Our own forward (models.py) rather than a transformers attention hook keeps the batch packed and
 mask-free: transformers rebuilds masks and output objects on every call.

@@ -1,9 +1,8 @@
 """CPU paged-decode attention kernel (csrc/paged_decode.c), compiled on first use and called via ctypes.
 
 Why a kernel: in plain torch a decode step must first gather every sequence's scattered blocks into a
-padded batch for SDPA; measured on the 2-core CPU, that copy costs as much as the attention itself
-(64 decodes of 100-400 tokens, 6 layers, bf16: 12 ms of index_select + 9 ms of SDPA per step, out
-of 50 ms). The kernel reads K/V in place from the pool. It builds with the system C compiler in about a
+padded batch for SDPA, a copy that costs about as much as the attention itself on CPU (RESULTS.md,
+"Design measurements"). The kernel reads K/V in place from the pool. It builds with the system C compiler in about a
 second (no torch headers), is cached under ~/.cache/raygen/kernels keyed by source, compiler and CPU
 flags, and is optional: without a compiler, or with RAYGEN_NO_KERNELS=1, the torch path runs instead.
 """

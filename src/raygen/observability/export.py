@@ -1,5 +1,5 @@
 """Regenerate cluster/prometheus-rules.yaml and cluster/grafana-dashboard.json from raygen's definitions:
-`python -m raygen.observability.export [cluster-dir]` (tests/test_alerts_logic.py checks they are current)."""
+`python -m raygen.observability.export [cluster-dir]` (tests/unit/test_alerts_logic.py checks they are current)."""
 
 from __future__ import annotations
 

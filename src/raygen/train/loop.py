@@ -6,7 +6,7 @@ which DeepSpeed adopts. A torch AdamW is handed to DeepSpeed so no fused CUDA/CP
 One optimizer step = accum_steps micro-batches on every worker. Every log_every steps rank 0 prints a
 progress line (loss, lr, grad norm, tokens/s, MFU); every eval_every steps (and at the end) all ranks
 compute the val loss and report it to Ray Train, with a DeepSpeed checkpoint every checkpoint_every steps.
-Reports are a barrier through the controller (~1 s here), so they happen only at evals. A checkpoint holds
+Reports are a barrier through Ray Train's controller, so they happen only at evals. A checkpoint holds
 the sharded DeepSpeed state (deepspeed/), the step history (history.json) and, at the end, the consolidated
 Hugging Face model (hf/). A restarted worker group resumes from the latest checkpoint: weights, optimizer,
 lr schedule, step and history; the data order of the resumed stream is re-seeded by the step. The train

@@ -162,67 +162,20 @@ def _searcher(cfg: RaygenConfig):
 
 def tune_run(cfg: RaygenConfig) -> dict:
     """Run the search; returns {"experiment", "table" (rows), "best" (row or None), "version", "dir"}."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
     from raygen.train.trainer import prepare
 
     ts, tc = cfg.tune, cfg.train
-    search = ts.search
-    parsed = parse_space(ts.space, search)
+    parsed = parse_space(ts.space, ts.search)
     check_values(cfg, parsed)
     prepare(cfg)  # data, tokenizer, shapes of the base config: before any trial starts
-    searcher = _searcher(cfg)
     experiment = f"{ts.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    scheduler = ASHAScheduler(time_attr="step", max_t=tc.max_steps, grace_period=tc.eval_every * ts.asha.grace_evals,
-                              reduction_factor=ts.asha.reduction_factor) if ts.asha.enabled else None
-    n_conc = concurrency(cfg)
-    num_samples = 1 if search == "grid" else ts.num_samples
-    print(f"[raygen tune] {experiment}: {len(parsed)} fields {sorted(parsed)}, search {search if searcher is None else 'optuna'}"
-          f", {num_samples} samples, {n_conc} concurrent, ASHA {'on' if scheduler else 'off'}", flush=True)
     base = base_config(cfg)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, experiment=experiment),
-        # No CPU for the trial's driver function (Tune refuses an empty request; any CPU fraction here would
-        # leave Ray Data's 1-CPU file-listing task unschedulable beside the workers): a token of memory.
-        tune.PlacementGroupFactory([{"memory": 1_000_000}]))
-    tuner = tune.Tuner(
-        trainable, param_space=_domains(parsed),
-        tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=num_samples, search_alg=searcher,
-                                    scheduler=scheduler, max_concurrent_trials=n_conc),
-        run_config=tune.RunConfig(name=experiment, storage_path=tc.storage_path, verbose=1))
     t0 = time.time()
-    grid = tuner.fit()
-    rows, curves = [], {}
+    grid = _tuner(cfg, parsed, base, experiment).fit()
     tuned = [k for k, (kind, _) in parsed.items() if kind != "fixed"]
-    for r in grid:
-        m = r.metrics or {}
-        trial = m.get("trial_id") or Path(r.path).name
-        df = r.metrics_dataframe
-        vals = [] if df is None or "val_loss" not in df else list(zip(df["step"], df["val_loss"], strict=True))
-        curves[str(trial)] = vals
-        best_val = min((v for _, v in vals if v is not None and math.isfinite(v)), default=float("nan"))
-        step = int(m.get("step", 0))
-        rows.append({"trial": trial, **{k: r.config.get(k) for k in tuned}, "step": step,
-                     "status": "error" if r.error else ("finished" if step >= tc.max_steps else "stopped early"),
-                     "val_loss": m.get("val_loss"), "best_val_loss": best_val, "loss": m.get("loss"),
-                     "tokens_per_s": m.get("tokens_per_s"), "checkpoint": m.get("checkpoint_path")})
-    rows.sort(key=lambda row: (row["status"] != "finished", row["val_loss"] if row["val_loss"] is not None
-                               else float("inf")))
+    rows, curves = _results(grid, tuned, tc.max_steps)
     out_dir = Path(tc.storage_path, experiment) if "://" not in tc.storage_path else Path(experiment)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
-        w.writeheader()
-        w.writerows(rows)
-    from raygen.train.report import curves_png
-
-    def label(row: dict) -> str:
-        return f"{row['trial']} (" + ", ".join(f"{k.split('.')[-1]}={_short(row[k])}" for k in tuned) + ")"
-
-    curves_png({label(r): curves[str(r["trial"])] for r in rows}, f"{experiment}: val loss per trial", "val loss",
-               str(out_dir / "val_loss.png"))
-    _print_table(rows, tuned)
+    _write_results(out_dir, experiment, rows, curves, tuned)
     print(f"[raygen tune] {len(rows)} trials in {time.time() - t0:.0f}s; {sum(r['status'] == 'stopped early' for r in rows)}"
           f" stopped early by ASHA; table {out_dir / 'results.csv'}, plot {out_dir / 'val_loss.png'}", flush=True)
     finished = [r for r in rows if r["status"] == "finished" and r["checkpoint"]]
@@ -233,6 +186,70 @@ def tune_run(cfg: RaygenConfig) -> dict:
     elif ts.export_best:
         raise TrainingError(f"no trial of {experiment} finished; nothing to export (see {out_dir / 'results.csv'})")
     return {"experiment": experiment, "table": rows, "best": best, "version": version, "dir": str(out_dir)}
+
+
+def _tuner(cfg: RaygenConfig, parsed: dict, base: dict, experiment: str):
+    """A Tuner of function trainables (each runs a TorchTrainer), ASHA on val loss when enabled."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    ts, tc = cfg.tune, cfg.train
+    searcher = _searcher(cfg)
+    scheduler = ASHAScheduler(time_attr="step", max_t=tc.max_steps, grace_period=tc.eval_every * ts.asha.grace_evals,
+                              reduction_factor=ts.asha.reduction_factor) if ts.asha.enabled else None
+    n_conc = concurrency(cfg)
+    num_samples = 1 if ts.search == "grid" else ts.num_samples
+    print(f"[raygen tune] {experiment}: {len(parsed)} fields {sorted(parsed)}, search "
+          f"{ts.search if searcher is None else 'optuna'}, {num_samples} samples, {n_conc} concurrent, ASHA "
+          f"{'on' if scheduler else 'off'}", flush=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=base, experiment=experiment),
+        # No CPU for the trial's driver function (Tune refuses an empty request; any CPU fraction here would
+        # leave Ray Data's 1-CPU file-listing task unschedulable beside the workers): a token of memory.
+        tune.PlacementGroupFactory([{"memory": 1_000_000}]))
+    return tune.Tuner(
+        trainable, param_space=_domains(parsed),
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", num_samples=num_samples, search_alg=searcher,
+                                    scheduler=scheduler, max_concurrent_trials=n_conc),
+        run_config=tune.RunConfig(name=experiment, storage_path=tc.storage_path, verbose=1))
+
+
+def _results(grid, tuned: list[str], max_steps: int) -> tuple[list[dict], dict]:
+    """(one row per trial, best finished first; trial -> its val-loss curve)."""
+    rows, curves = [], {}
+    for r in grid:
+        m = r.metrics or {}
+        trial = m.get("trial_id") or Path(r.path).name
+        df = r.metrics_dataframe
+        vals = [] if df is None or "val_loss" not in df else list(zip(df["step"], df["val_loss"], strict=True))
+        curves[str(trial)] = vals
+        best_val = min((v for _, v in vals if v is not None and math.isfinite(v)), default=float("nan"))
+        step = int(m.get("step", 0))
+        rows.append({"trial": trial, **{k: r.config.get(k) for k in tuned}, "step": step,
+                     "status": "error" if r.error else ("finished" if step >= max_steps else "stopped early"),
+                     "val_loss": m.get("val_loss"), "best_val_loss": best_val, "loss": m.get("loss"),
+                     "tokens_per_s": m.get("tokens_per_s"), "checkpoint": m.get("checkpoint_path")})
+    rows.sort(key=lambda row: (row["status"] != "finished", row["val_loss"] if row["val_loss"] is not None
+                               else float("inf")))
+    return rows, curves
+
+
+def _write_results(out_dir: Path, experiment: str, rows: list[dict], curves: dict, tuned: list[str]) -> None:
+    """results.csv, val_loss.png (a curve per trial) and the table on stdout."""
+    from raygen.train.report import curves_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
+        w.writeheader()
+        w.writerows(rows)
+
+    def label(row: dict) -> str:
+        return f"{row['trial']} (" + ", ".join(f"{k.split('.')[-1]}={_short(row[k])}" for k in tuned) + ")"
+
+    curves_png({label(r): curves[str(r["trial"])] for r in rows}, f"{experiment}: val loss per trial", "val loss",
+               str(out_dir / "val_loss.png"))
+    _print_table(rows, tuned)
 
 
 def _short(v) -> str:
