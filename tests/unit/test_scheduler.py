@@ -26,11 +26,24 @@ def run(sched: Scheduler, max_steps: int = 10_000):
         steps.append(out)
         assert out.total_tokens <= sched.max_num_batched_tokens
         assert len(out.num_scheduled_tokens) <= sched.max_num_seqs
+        _check_runner_input(sched, out)
         sampled = {r: next_token(sched.seqs[r].token_ids) for r in out.sample_req_ids}
         for seq in sched.update(out, sampled):
             done[seq.req_id] = (list(seq.output_ids), seq.status)
     assert not sched.has_work(), "did not converge"
     return done, steps
+
+
+def _check_runner_input(sched: Scheduler, out) -> None:
+    """The output carries all the runner needs: each sequence's tokens to run, where they start and the
+    blocks that hold them, in schedule order (the runner never reads scheduler state)."""
+    assert [s.req_id for s in out.scheduled] == list(out.num_scheduled_tokens)
+    bs = sched.bm.block_size
+    for s in out.scheduled:
+        seq, n = sched.seqs[s.req_id], out.num_scheduled_tokens[s.req_id]
+        assert s.start == seq.num_computed_tokens and s.token_ids == seq.token_ids[s.start:s.start + n]
+        assert s.block_table == sched.bm.block_table(s.req_id)[:-(-(s.start + n) // bs)]
+        assert len(s.block_table) * bs >= s.start + n
 
 
 def reference(prompt: list[int], max_tokens: int) -> list[int]:

@@ -4,13 +4,15 @@
     AsyncLLMEngine   runs LLMEngine.step in a background thread while there is work; add_request()
                      returns an async iterator of RequestOutput deltas; leaving the iterator early aborts
 
-No Ray here: the Serve deployment wraps AsyncLLMEngine, one per replica.
+The seam follows vLLM v1: the scheduler's output carries what the runner needs (each sequence's tokens,
+start and block table: scheduler.ScheduledSeq), so the runner never reads scheduler state; detokenization,
+stop strings and the RequestOutput deltas live in the output processor beside the core
+(output_processor.py). No Ray here: the Serve deployment wraps AsyncLLMEngine, one per replica.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import threading
@@ -25,8 +27,9 @@ import torch
 
 from raygen.engine.config import EngineConfig
 from raygen.engine.detok import IncrementalDetokenizer
+from raygen.engine.output_processor import OutputProcessor
 from raygen.engine.kv_cache import BlockManager
-from raygen.engine.request import FINISH_REASON, RequestOutput, RequestTiming, SamplingParams, Sequence, Status, TokenLogprob
+from raygen.engine.request import RequestOutput, RequestTiming, SamplingParams, Sequence, Status, TokenLogprob
 from raygen.engine.runner import ModelRunner
 from raygen.engine.sampling import apply_penalties, sample, top_logprobs
 from raygen.engine.scheduler import Scheduler
@@ -98,6 +101,7 @@ class LLMEngine:
         self.bm = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.bm, config.max_num_seqs, config.max_num_batched_tokens)
         self.tokenizer = self._load_tokenizer(config)
+        self.outputs = OutputProcessor(self.tokenizer)
         tok_eos = getattr(self.tokenizer, "eos_token_id", None)
         self.eos_token_ids = self.runner.eos_token_ids | ({tok_eos} if tok_eos is not None else set())
         self._requests: dict[str, _Request] = {}
@@ -140,8 +144,7 @@ class LLMEngine:
         device = self.runner.device
         gens = [torch.Generator(device=device).manual_seed(params.seed + i) if params.seed is not None else None
                 for i in range(params.n)]
-        detoks = [IncrementalDetokenizer(self.tokenizer, params.stop) if self.tokenizer is not None else None
-                  for _ in range(params.n)]
+        detoks = self.outputs.detokenizers(params)
         with self._lock:
             if req_id in self._requests:
                 raise InvalidPromptError(f"request id {req_id} is already in the engine")
@@ -203,9 +206,8 @@ class LLMEngine:
                 if owner and owner[0].timing.scheduled is None:
                     owner[0].timing.scheduled = now
             self._step_sizes.append(len(out.num_scheduled_tokens))
-            seqs = self.scheduler.seqs
-            inputs = self.runner.prepare(out, seqs, self.bm)
-            ran = [(n, seqs[r].num_computed_tokens + n) for r, n in out.num_scheduled_tokens.items()]
+            inputs = self.runner.prepare(out)
+            ran = [(len(s.token_ids), s.start + len(s.token_ids)) for s in out.scheduled]
         logits = self.runner.execute(inputs)  # no lock: abort() may free blocks meanwhile
         with self._lock:
             outputs = self._process(out, logits)
@@ -218,15 +220,8 @@ class LLMEngine:
         return outputs
 
     def _process(self, out, logits: torch.Tensor) -> list[RequestOutput]:
-        rows: list[tuple[Sequence, int]] = []  # (sequence, logits row); a prompt's children share its row
-        for i, r in enumerate(out.sample_req_ids):
-            seq = self.scheduler.seqs.get(r)
-            if seq is None or seq.status.finished:
-                continue  # aborted while the forward ran
-            rows.append((seq, i))
-            req, idx = self._owner[r]
-            if idx == 0 and req.pending_children and not seq.output_ids:
-                rows.extend((child, i) for child in req.pending_children)
+        """Sample the step's sequences, book the step in the scheduler, and emit each sequence's delta."""
+        rows = self._rows(out)
         if not rows:  # a step of prefill chunks only: book their progress, nothing to sample
             self.scheduler.update(out, {})
             return []
@@ -237,34 +232,50 @@ class LLMEngine:
             t = self._owner[seq.req_id][0].timing
             if t.first_token is None:
                 t.first_token = now
-        sampled, outputs = {}, []
+        self.scheduler.update(out, self._fork_or_book(rows, token_ids))
+        return [self._emit(seq, tok, lp) for (seq, _), tok, lp in zip(rows, token_ids, lps, strict=True)]
+
+    def _rows(self, out) -> list[tuple[Sequence, int]]:
+        """(sequence, logits row) of every live sequence that samples; a prompt's children share its row."""
+        rows: list[tuple[Sequence, int]] = []
+        for i, r in enumerate(out.sample_req_ids):
+            seq = self.scheduler.seqs.get(r)
+            if seq is None or seq.status.finished:
+                continue  # aborted while the forward ran
+            rows.append((seq, i))
+            req, idx = self._owner[r]
+            if idx == 0 and req.pending_children and not seq.output_ids:
+                rows.extend((child, i) for child in req.pending_children)
+        return rows
+
+    def _fork_or_book(self, rows: list[tuple[Sequence, int]], token_ids: list[int]) -> dict[str, int]:
+        """A child's first token forks it off its parent's prompt; the others' tokens are returned for the
+        scheduler to book."""
+        sampled = {}
         for (seq, _), tok in zip(rows, token_ids, strict=True):
-            req, idx = self._owner[seq.req_id]
-            if seq in req.pending_children:  # a child's first token: fork it off the parent's prompt
-                req.pending_children.remove(seq)
-                seq.append(tok)
-                if not seq.status.finished:
-                    copy = self.scheduler.fork(req.seqs[0], seq)
-                    if copy:
-                        self._copies.append(copy)
-            else:
+            req, _ = self._owner[seq.req_id]
+            if seq not in req.pending_children:
                 sampled[seq.req_id] = tok
-        self.scheduler.update(out, sampled)
-        for (seq, _), tok, lp in zip(rows, token_ids, lps, strict=True):
-            req, idx = self._owner[seq.req_id]
-            detok = req.detoks[idx]
-            text = detok.add([tok]) if detok else ""
-            if detok and detok.stopped and not seq.status.finished:
-                self.scheduler.finish(seq.req_id, Status.FINISHED_STOPPED)
-            elif detok and seq.status.finished:
-                text += detok.flush()
-            reason = FINISH_REASON.get(seq.status) if seq.status.finished else None
-            outputs.append(self._output(req, idx, [tok], text, lp, reason))
-            if reason is not None:
-                req.num_finished += 1
-                if req.num_finished == len(req.seqs):
-                    self._forget(req)
-        return outputs
+                continue
+            req.pending_children.remove(seq)
+            seq.append(tok)
+            if not seq.status.finished and (copy := self.scheduler.fork(req.seqs[0], seq)):
+                self._copies.append(copy)
+        return sampled
+
+    def _emit(self, seq: Sequence, tok: int, lp: TokenLogprob | None) -> RequestOutput:
+        """The output processor's text for the token; a stop string finishes the sequence in the core."""
+        req, idx = self._owner[seq.req_id]
+        text, stop = self.outputs.text(req.detoks[idx], tok, seq)
+        if stop:
+            self.scheduler.finish(seq.req_id, Status.FINISHED_STOPPED)
+        reason = self.outputs.finish_reason(seq)
+        output = self._output(req, idx, [tok], text, lp, reason)
+        if reason is not None:
+            req.num_finished += 1
+            if req.num_finished == len(req.seqs):
+                self._forget(req)
+        return output
 
     def _sample(self, logits: torch.Tensor, rows: list[tuple[Sequence, int]]
                 ) -> tuple[list[int], list[TokenLogprob | None]]:
@@ -294,14 +305,7 @@ class LLMEngine:
 
     def _output(self, req: _Request, idx: int, token_ids: list[int], text: str, lp: TokenLogprob | None,
                 reason: str | None = "abort") -> RequestOutput:
-        seq = req.seqs[idx]
-        timing = None
-        if reason is not None:
-            req.timing.finished = time.time()
-            timing = dataclasses.replace(req.timing)  # a snapshot: later sequences finish later
-        return RequestOutput(req.req_id, idx, token_ids, text,
-                             ([lp] if lp else []) if req.params.logprobs is not None else None, reason,
-                             len(seq.prompt_ids), seq.num_cached_prompt_tokens, len(seq.output_ids), timing)
+        return self.outputs.output(req.req_id, idx, req.seqs[idx], req.params, req.timing, token_ids, text, lp, reason)
 
     def _forget(self, req: _Request) -> None:
         self._requests.pop(req.req_id, None)

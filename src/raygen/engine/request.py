@@ -98,6 +98,13 @@ class Sequence:
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
 
+    def tokens(self, start: int, n: int) -> list[int]:
+        """token_ids[start:start + n] without building the whole list (a decode reads one token)."""
+        p = len(self.prompt_ids)
+        if start >= p:
+            return self.output_ids[start - p:start - p + n]
+        return self.prompt_ids[start:start + n] + (self.output_ids[:start + n - p] if start + n > p else [])
+
     def append(self, token_id: int) -> None:
         """Add a sampled token and move to a finished status when it ends the sequence."""
         self.output_ids.append(token_id)

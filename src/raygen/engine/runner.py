@@ -15,9 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from raygen.engine.attention import DecodeGroup, KVPool, Prefill, StepMetadata
-from raygen.engine.kv_cache import BlockManager
 from raygen.engine.models import build_forward
-from raygen.engine.request import Sequence
 from raygen.engine.scheduler import SchedulerOutput
 from raygen.errors import EngineSetupError
 
@@ -101,11 +99,12 @@ class ModelRunner:
         return frozenset(ids)
 
     # -- one step -------------------------------------------------------------------------------------
-    def prepare(self, out: SchedulerOutput, seqs: dict[str, Sequence], bm: BlockManager) -> StepInputs:
+    def prepare(self, out: SchedulerOutput) -> StepInputs:
+        """The step's packed batch from the scheduler's output alone: decodes first, grouped by length, then
+        prefill chunks."""
         bs = self.block_size
-        decodes = [r for r, n in out.num_scheduled_tokens.items() if n == 1]
-        prefills = [r for r, n in out.num_scheduled_tokens.items() if n > 1]
-        decodes.sort(key=lambda r: seqs[r].num_computed_tokens)
+        decodes = sorted((s for s in out.scheduled if len(s.token_ids) == 1), key=lambda s: s.start)
+        prefills = [s for s in out.scheduled if len(s.token_ids) > 1]
         token_ids, positions, slots, last_index = [], [], [], {}
         groups, cur = [], []
 
@@ -119,10 +118,8 @@ class ModelRunner:
                 cur.clear()
 
         real = 0
-        for r in decodes:
-            seq = seqs[r]
-            pos = seq.num_computed_tokens
-            table = bm.block_table(r)[:pos // bs + 1]
+        for s in decodes:
+            pos, table = s.start, s.block_table
             # Sorted by length, so a new member is the longest: start a new group when padding to its
             # length would waste more than a quarter of the gathered blocks.
             # (The CPU kernel reads only each sequence's own blocks: one group, no padding to care about.)
@@ -130,24 +127,21 @@ class ModelRunner:
                     and (len(cur) + 1) * len(table) > 1.25 * (real + len(table)):
                 close_group()
                 real = 0
-            n_prompt = len(seq.prompt_ids)
-            token_ids.append(seq.prompt_ids[pos] if pos < n_prompt else seq.output_ids[pos - n_prompt])
+            token_ids.append(s.token_ids[0])
             positions.append(pos)
             slots.append(table[pos // bs] * bs + pos % bs)
-            last_index[r] = len(token_ids) - 1
+            last_index[s.req_id] = len(token_ids) - 1
             cur.append((pos + 1, table))
             real += len(table)
         close_group()
         pre = []
-        for r in prefills:
-            seq, n = seqs[r], out.num_scheduled_tokens[r]
-            c = seq.num_computed_tokens
-            table = bm.block_table(r)[:-(-(c + n) // bs)]
+        for s in prefills:
+            c, n, table = s.start, len(s.token_ids), s.block_table
             pre.append(Prefill(len(token_ids), n, c, torch.tensor(table, dtype=torch.long, device=self.device)))
-            token_ids.extend(seq.token_ids[c:c + n])
+            token_ids.extend(s.token_ids)
             positions.extend(range(c, c + n))
             slots.extend(table[p // bs] * bs + p % bs for p in range(c, c + n))
-            last_index[r] = len(token_ids) - 1
+            last_index[s.req_id] = len(token_ids) - 1
         as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
         return StepInputs(as_tensor(token_ids), as_tensor(positions), StepMetadata(as_tensor(slots), groups, pre),
                           as_tensor([last_index[r] for r in out.sample_req_ids]))

@@ -18,10 +18,21 @@ from raygen.errors import InvalidPromptError, PromptTooLongError
 
 
 @dataclass
+class ScheduledSeq:
+    """What the runner needs of one sequence for one step (it never sees the scheduler's state)."""
+
+    req_id: str
+    token_ids: list[int]  # the tokens to run: a chunk of prompt, or the last token
+    start: int  # the position of the first of them: tokens before it are in the KV cache
+    block_table: list[int]  # the KV blocks of positions [0, start + len(token_ids)), in order
+
+
+@dataclass
 class SchedulerOutput:
     num_scheduled_tokens: dict[str, int] = field(default_factory=dict)  # req_id -> tokens to run, in order
     sample_req_ids: list[str] = field(default_factory=list)  # sequences whose last scheduled token samples
     preempted_req_ids: list[str] = field(default_factory=list)
+    scheduled: list[ScheduledSeq] = field(default_factory=list)  # the runner's input, in num_scheduled_tokens order
 
     @property
     def total_tokens(self) -> int:
@@ -118,7 +129,13 @@ class Scheduler:
                 budget -= n
         out.sample_req_ids = [r for r, n in out.num_scheduled_tokens.items()
                               if self.seqs[r].num_computed_tokens + n == self.seqs[r].num_tokens]
+        out.scheduled = [self._scheduled(self.seqs[r], n) for r, n in out.num_scheduled_tokens.items()]
         return out
+
+    def _scheduled(self, seq: Sequence, n: int) -> ScheduledSeq:
+        c = seq.num_computed_tokens
+        blocks = -(-(c + n) // self.bm.block_size)
+        return ScheduledSeq(seq.req_id, seq.tokens(c, n), c, self.bm.block_table(seq.req_id)[:blocks])
 
     def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
         """Book a step's results: advance computed tokens, cache full blocks, append sampled tokens.
