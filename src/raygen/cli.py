@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from raygen.errors import RaygenError
 
@@ -19,22 +20,47 @@ def _config(args):
         overrides.append(f"data.paths={args.data!r}".replace("'", '"'))
     if getattr(args, "port", None):
         overrides.append(f"serve.port={args.port}")
-    cfg = load_config(args.config, overrides)
-    print(f"[raygen] config: {cfg.model_dump_json()}", flush=True)
-    return cfg
+    return load_config(args.config, overrides)
 
 
 def _banner(step: str) -> None:
     print(f"\n=== {step} ===", flush=True)
 
 
+def _run_dir(cfg, name: str) -> Path:
+    """runs/<name>-<time>/ beside the training runs (or under RAYGEN_HOME when those are remote)."""
+    from raygen import paths
+
+    root = Path(cfg.train.storage_path) if "://" not in cfg.train.storage_path else paths.resolve("runs")
+    return root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def cmd_demo(args) -> int:
+    """The seven stages, quietly: Ray's own logs and the full config go to files under the run directory."""
+    import yaml
+
+    from raygen.console import quiet
+
+    cfg = _config(args)
+    run_dir = _run_dir(cfg, "demo")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    print(f"[raygen] demo: data {cfg.data.output_dir}, model {cfg.registry.root}/{cfg.registry.name}; "
+          f"config and logs in {run_dir}", flush=True)
+    try:
+        with quiet(run_dir / "ray.log", verbose=args.verbose):
+            return _demo(args, cfg)
+    finally:
+        print(f"[raygen] full config: {run_dir / 'config.yaml'}; Ray's logs: {run_dir / 'ray.log'} "
+              "(--verbose shows them live)", flush=True)
+
+
+def _demo(args, cfg) -> int:
     from raygen.cluster import init_ray
     from raygen.data.pipeline import prepare_data
     from raygen.train.trainer import train
     from raygen.workflow import complete, curl_line, register, wait_ready
 
-    cfg = _config(args)
     t0 = time.time()
     dashboard = init_ray()
     print(f"[raygen] Ray dashboard: {dashboard or 'off'}", flush=True)
@@ -189,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--data", action="append", metavar="PATH", help="extra .txt/.md/.jsonl files or directories")
     d.add_argument("--smoke", action="store_true", help="exit after the first answer")
     d.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    d.add_argument("--verbose", action="store_true", help="show Ray's own logs live (always written to a file)")
     add("data", cmd_data, "run the data stage").add_argument("--data", action="append", metavar="PATH")
     le = add("label-export", cmd_label_export, "a stratified sample of curated documents for Label Studio")
     le.add_argument("out", help="JSON file of Label Studio tasks to write")

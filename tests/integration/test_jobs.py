@@ -54,6 +54,14 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path):
         assert f"=== {stage}" in log
     assert "[raygen] completion:" in log and "'completion_tokens'" in log
     assert (tmp_path / "models" / "demo" / "latest" / "model.safetensors").is_file()
+    # Quiet: raygen's lines only; Ray's own logs and the full config went to files the last line names.
+    [run_dir] = (tmp_path / "runs").glob("demo-*")
+    assert len(log.splitlines()) < 80, log
+    assert "(RayTrainWorker" not in log and "[raygen train] step 10/10" in log  # workers' progress, unprefixed
+    assert f"Ray's logs: {run_dir / 'ray.log'}" in log and (run_dir / "ray.log").stat().st_size > 1000
+    from raygen.config import load_config
+
+    assert load_config(run_dir / "config.yaml").train.max_steps == 10
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path):
