@@ -1,15 +1,18 @@
 """raygen: the generative-AI lifecycle on Ray. Public API below; everything else may change.
 
-Importing raygen does not import Ray, torch or transformers: stages import what they use.
+Importing raygen imports nothing heavy (not Ray, torch, transformers, nor pydantic): each name is imported
+on first use, so the engine runs where only torch and transformers are installed.
 """
 
-from raygen.config import RaygenConfig, load_config
-from raygen.errors import ConfigError, DataError, RaygenError, RegistryError, RequestError, TrainingError
-from raygen.registry import Registry
+from raygen._lazy import exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConfigError", "DataError", "RaygenConfig", "RaygenError", "Registry", "RegistryError", "RequestError",
-    "TrainingError", "load_config", "__version__",
-]
+_all, __getattr__, __dir__ = exports(__name__, {
+    "RaygenConfig": "raygen.config",
+    "load_config": "raygen.config",
+    "Registry": "raygen.registry",
+    **{name: "raygen.errors" for name in ("ConfigError", "DataError", "EngineError", "RaygenError",
+                                          "RegistryError", "RequestError", "TrainingError")},
+})
+__all__ = [*_all, "__version__"]

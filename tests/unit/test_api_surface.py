@@ -122,3 +122,11 @@ def test_functions_read_top_to_bottom_in_at_most_60_lines():
             for f, tree in _trees(SRC) for n in ast.walk(tree)
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
     assert not long, "split these into named steps:\n" + "\n".join(long)
+
+
+def test_the_engine_imports_with_torch_and_transformers_alone():
+    """The GPU image has torch and transformers, not Ray, DeepSpeed or pydantic."""
+    code = ("import sys, raygen.engine.engine, raygen.engine.config; "
+            "print(sorted(m for m in ('ray', 'deepspeed', 'pydantic', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
