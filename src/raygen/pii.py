@@ -82,14 +82,23 @@ def _assigned_secret(m: re.Match[str]) -> str | None:
     return m["head"] + PLACEHOLDERS["secret"]
 
 
+# One search each says whether any secret pattern, or an assignment to a secret-sounding name, can match:
+# most text (and most streamed chunks) has neither.
+_ANY_TRIGGER = re.compile("|".join(re.escape(t) for _, triggers in _SECRET_PATTERNS for t in triggers))
+_ASSIGNED_HINT = re.compile(r"(?i)key|secret|token|passw")
+
+
 def _redact_secrets(text: str, public_ips_only: bool) -> tuple[str, int]:
     total = 0
-    for pattern, triggers in _SECRET_PATTERNS:
-        if any(t in text for t in triggers):
-            text, n = pattern.subn(PLACEHOLDERS["secret"], text)
-            total += n
-    text, n = _sub_valid(_ASSIGNED, text, _assigned_secret)
-    return text, total + n
+    if _ANY_TRIGGER.search(text):
+        for pattern, triggers in _SECRET_PATTERNS:
+            if any(t in text for t in triggers):
+                text, n = pattern.subn(PLACEHOLDERS["secret"], text)
+                total += n
+    if _ASSIGNED_HINT.search(text):
+        text, n = _sub_valid(_ASSIGNED, text, _assigned_secret)
+        total += n
+    return text, total
 
 
 # --------------------------------------------------------------------------------------------- email
@@ -239,12 +248,12 @@ def redact_pii(text: str, kinds: Iterable[str] | None = None, *,
 # classes, so a match still growing lies in the text's last run of its class.
 _CLASSES = (r"[\w.%+@:/=~-]", r"[\d +().-]")
 _CHAR = tuple(re.compile(c) for c in _CLASSES)
-_RUN_END = tuple(re.compile(c + r"*\Z") for c in _CLASSES)
+_RUN = tuple(re.compile(c + "*") for c in _CLASSES)  # matched on the reversed text: linear, no backtracking
 # Secrets that span other characters: an assignment whose value has not ended (or whose `=` has not come
 # yet), a bearer token (its pattern looks back at "Bearer "), a PEM header still arriving, and a PEM
 # block without its END line.
 _OPEN_SECRET = re.compile(
-    r"(?i)(?:[\w-]*(?:key|secret|token|passw(?:or)?d)[\"']?\s*(?:[:=]\s*(?:[\"'][^\"'\n]*|[\w+/=-]*))?"
+    r"(?i)(?:(?<![\w-])[\w-]*(?:key|secret|token|passw(?:or)?d)[\"']?\s*(?:[:=]\s*(?:[\"'][^\"'\n]*|[\w+/=-]*))?"
     r"|bearer ?[\w.~+/=-]*|-----BEGIN[A-Z0-9 ]*)\Z")
 _OPEN_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?:(?!-----END)[\s\S])*\Z")
 MAX_HOLD = 256  # a run longer than this (no email, number or key is) is released anyway
@@ -257,7 +266,8 @@ def release_point(text: str, limit: int | None = None, kinds: Iterable[str] | No
     still grow, and where no complete match spans it."""
     kinds = tuple(KINDS if kinds is None else kinds)
     floor = max(0, len(text) - MAX_HOLD)
-    start = max(min(r.search(text, floor).start() for r in _RUN_END), floor)
+    tail = text[:floor - 1 if floor else None:-1]  # the last MAX_HOLD characters, reversed
+    start = max(len(text) - max(r.match(tail).end() for r in _RUN), floor)
     if "secret" in kinds:
         if m := _OPEN_SECRET.search(text, floor):
             start = min(start, m.start())
