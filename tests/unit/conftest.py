@@ -8,8 +8,14 @@ import sys
 import pytest
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _no_ray_cluster():
-    yield
+def _ray_up() -> bool:
     ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized(), "a unit test started Ray: move it to tests/integration"
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_cluster():
+    """A unit test must not start Ray (in `make test` the integration tier's cluster may already be up)."""
+    before = _ray_up()
+    yield
+    assert before or not _ray_up(), "a unit test started Ray: move it to tests/integration"
