@@ -342,10 +342,10 @@ class Ingress(SpanSource):
         return req, body
 
     def _cache_key(self, request: Request, kind: str, req) -> str | None:
+        if not self.cached or "no-cache" in request.headers.get("cache-control", ""):
+            return None  # no dump of the request when nothing will be looked up
         fields = req.model_dump(mode="json")
-        if self.cached and cacheable(fields) and "no-cache" not in request.headers.get("cache-control", ""):
-            return cache_key(self.version, kind, fields)
-        return None
+        return cache_key(self.version, kind, fields) if cacheable(fields) else None
 
     async def _cache_lookup(self, ckey: str, obs: RequestObserver) -> dict | None:
         with obs.child("response_cache.lookup"):
