@@ -33,7 +33,7 @@ integration: $(STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests pipelines benchmarks
+	$(VENV)/bin/ruff check src tests pipelines benchmarks cluster
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

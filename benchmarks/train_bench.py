@@ -102,18 +102,20 @@ def worker_plain(a) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from raygen.config import load_config
+    from raygen.data.pipeline import load_stats
     from raygen.train.model import build_hf_config
     from raygen.train.schedule import lr_factor
 
     t0 = time.time()
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = load_config(None, _overrides(a.data, Path(a.work)))
-    tok = AutoTokenizer.from_pretrained(Path(a.data, "tokenizer"))
+    stats = load_stats(a.data)
+    tok = AutoTokenizer.from_pretrained(stats.tokenizer_dir())
     torch.manual_seed(HP["seed"])  # the same initial weights as raygen's workers
     model = AutoModelForCausalLM.from_config(build_hf_config(cfg.model, len(tok), BLOCK, tok.eos_token_id,
                                                              tok.pad_token_id))
-    train = torch.tensor(pq.read_table(Path(a.data, "train")).column("input_ids").to_pylist())  # (N, T)
-    val = torch.tensor(pq.read_table(Path(a.data, "val")).column("input_ids").to_pylist())
+    train = torch.tensor(pq.read_table(stats.split_dir("train")).column("input_ids").to_pylist())  # (N, T)
+    val = torch.tensor(pq.read_table(stats.split_dir("val")).column("input_ids").to_pylist())
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": HP["weight_decay"]},
@@ -248,9 +250,10 @@ def main() -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from raygen.config import load_config
+        from raygen.data.pipeline import load_stats
         from raygen.train.model import build_hf_config
 
-        tok = AutoTokenizer.from_pretrained(tmp / "data" / "tokenizer")
+        tok = AutoTokenizer.from_pretrained(load_stats(tmp / "data").tokenizer_dir())
         mc = load_config(None, ["model.preset=gpt2-bench"]).model
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(build_hf_config(mc, len(tok), BLOCK, 0, 1))

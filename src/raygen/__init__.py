@@ -12,7 +12,9 @@ _all, __getattr__, __dir__ = exports(__name__, {
     "RaygenConfig": "raygen.config",
     "load_config": "raygen.config",
     "Registry": "raygen.registry",
+    "Location": "raygen.storage",
     **{name: "raygen.errors" for name in ("ConfigError", "DataError", "EngineError", "RaygenError",
-                                          "RegistryError", "RequestError", "TrainingError")},
+                                          "RegistryError", "RequestError", "StorageError",
+                                          "TrainingError")},
 })
 __all__ = [*_all, "__version__"]

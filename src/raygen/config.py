@@ -38,13 +38,12 @@ class RaygenConfig(ConfigModel):
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def resolved(self) -> RaygenConfig:
-        """A copy whose local paths are absolute (Ray workers run in other directories)."""
+        """A copy whose local paths are absolute (Ray workers run in other directories); URIs stay as they are."""
         out = self.model_copy(deep=True)
-        out.data.paths = [str(paths.resolve(p)) for p in self.data.paths]
-        out.data.output_dir = str(paths.resolve(self.data.output_dir))
-        if "://" not in self.train.storage_path:
-            out.train.storage_path = str(paths.resolve(self.train.storage_path))
-        out.registry.root = str(paths.resolve(self.registry.root))
+        out.data.paths = [paths.location(p) for p in self.data.paths]
+        out.data.output_dir = paths.location(self.data.output_dir)
+        out.train.storage_path = paths.location(self.train.storage_path)
+        out.registry.root = paths.location(self.registry.root)
         return out
 
 

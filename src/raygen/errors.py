@@ -7,6 +7,7 @@ of raygen, so the engine (no Ray) and every package can raise these.
     ├── DataError                    input data is missing, unreadable or empty after cleaning
     ├── TrainingError                training could not start, diverged, or did not finish
     ├── RegistryError                the model registry is missing a model, version or alias
+    ├── StorageError                 a path or URI (s3://, gs://) cannot be read or written
     ├── RequestError                 an API request is wrong; carries the HTTP status and OpenAI error type
     └── EngineError                  raised by the inference engine (raygen.engine)
         ├── EngineSetupError (ValueError)      the model or device cannot be served as configured
@@ -41,6 +42,10 @@ class TrainingError(RaygenError):
 
 
 class RegistryError(RaygenError):
+    pass
+
+
+class StorageError(RaygenError):
     pass
 
 

@@ -17,3 +17,8 @@ def home() -> Path:
 def resolve(path: str | os.PathLike) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (home() / p).resolve()
+
+
+def location(path: str | os.PathLike) -> str:
+    """A URI (s3://, gs://...) as it is; a local path made absolute (see resolve)."""
+    return str(path) if "://" in str(path) else str(resolve(path))

@@ -27,7 +27,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
+def s3():
+    """s3://raygen on an S3-compatible server on 127.0.0.1 (moto), up before Ray so that every Ray worker
+    finds it through the AWS_* environment."""
+    from tests.s3server import s3_server
+
+    with s3_server("raygen"):
+        yield "s3://raygen"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory, s3):
     """{'address', 'dashboard'}: a 2-CPU head node on loopback, shared by every integration test."""
     import ray
 
@@ -36,14 +46,17 @@ def ray_cluster(tmp_path_factory):
 
     env = serve_env({**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     env.pop("RAY_ADDRESS", None)
+    address = f"127.0.0.1:{port}"
     # A machine that never ran Ray has no token: create ~/.ray/auth_token (only if none exists), as Ray says to.
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], check=True, env=env, capture_output=True,
                    timeout=60)
+    # RAY_ADDRESS in the nodes' environment: their processes find this cluster, not the latest one on the host
+    # (Ray's helpers, e.g. Train's placement group cleaner, look the cluster up; test_multinode runs a second
+    # cluster for a while).
     subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus=2", f"--port={port}",
                     "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dash}", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, timeout=180)
-    address = f"127.0.0.1:{port}"
+                   check=True, env={**env, "RAY_ADDRESS": address}, capture_output=True, timeout=180)
     try:
         ray.init(address=address)
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}

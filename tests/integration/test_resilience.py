@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import urllib.error
+import uuid
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,14 +32,17 @@ STATE: dict = {}
 
 
 @pytest.fixture(scope="module")
-def long_server(trained, tiny_config, tmp_path_factory):
-    """A random-init Llama with a 4,096-token context and raygen's trained tokenizer, served by 2 replicas."""
+def long_server(trained, tiny_config, tmp_path_factory, s3):
+    """A random-init Llama with a 4,096-token context and raygen's trained tokenizer, served by 2 replicas
+    from a registry in object storage (S3 on 127.0.0.1): each replica loads a version it has never seen on
+    local disk, and the promotion test registers and promotes there under load."""
     import torch
     from ray import serve
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from raygen.registry import Registry
     from raygen.serve import app
+    from raygen.storage import cached_path
     from raygen.workflow import wait_ready
 
     _, outcome, _ = trained
@@ -50,12 +54,15 @@ def long_server(trained, tiny_config, tmp_path_factory):
         eos_token_id=None, pad_token_id=None)).eval()
     model_dir = tmp_path_factory.mktemp("llama4k")
     model.save_pretrained(model_dir)
-    reg = Registry(tiny_config.registry.root)
+    root = f"{s3}/resilience-{uuid.uuid4().hex[:8]}/models"
+    reg = Registry(root)
     v1 = reg.register(NAME, model_dir, outcome.tokenizer_dir, {"note": "resilience tests: 4k-context Llama"})
     reg.set_alias(NAME, ALIAS, v1)
+    cached = cached_path(f"{root}/{NAME}/{v1}")
+    assert not cached.exists()  # no process has a copy yet: the replicas download it
 
     cfg = tiny_config.model_copy(deep=True)
-    cfg.registry.name = NAME
+    cfg.registry.name, cfg.registry.root = NAME, root
     s = cfg.serve
     s.version = ALIAS
     s.llm_replicas, s.llm_num_cpus = 2, 0.25
@@ -73,7 +80,8 @@ def long_server(trained, tiny_config, tmp_path_factory):
     url = app.run(cfg)
     wait_ready(url)
     _wait_replicas(LLM_CLASS, 2)
-    STATE.update(cfg=cfg, v1=v1, model=model, model_dir=model_dir, outcome=outcome)
+    assert (cached / "model.safetensors").is_file()  # what the replicas serve came from S3
+    STATE.update(cfg=cfg, v1=v1, model=model, model_dir=model_dir, outcome=outcome, root=root)
     yield url
     serve.shutdown()
 
@@ -376,11 +384,12 @@ def test_a_client_leaving_mid_stream_100_times_leaves_nothing_behind(long_server
 
 
 def test_promoting_a_version_under_32_streaming_clients_fails_nothing(long_server, tiny_config):
-    """Runs last: it moves the module's app to v2. Every response names the version that produced it."""
+    """Runs last: it moves the module's app to v2 (registered and promoted in S3). Every response names the
+    version that produced it."""
     from raygen.registry import Registry
     from raygen.serve import app
 
-    reg = Registry(tiny_config.registry.root)
+    reg = Registry(STATE["root"])
     v1 = STATE["v1"]
     v2 = reg.register(NAME, STATE["model_dir"], STATE["outcome"].tokenizer_dir, {"note": "promotion test"})
     stop, results = threading.Event(), []

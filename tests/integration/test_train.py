@@ -119,7 +119,7 @@ def _exported_val_loss(model_dir, stats):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ids = torch.tensor(pq.read_table(Path(stats.output_dir, "val")).column("input_ids").to_pylist(), dtype=torch.long)
+    ids = torch.tensor(pq.read_table(stats.split_dir("val")).column("input_ids").to_pylist(), dtype=torch.long)
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids).loss.item()  # every row has T-1 predictions: mean = token mean
     return loss, model.dtype
@@ -179,9 +179,9 @@ def test_bad_configs_fail_before_any_worker_starts(trained, tiny_config, tmp_pat
     no_shards = tmp_path / "no_shards"
     no_shards.mkdir()
     shutil.copy(Path(stats.output_dir, "stats.json"), no_shards)
-    shutil.copytree(Path(stats.output_dir, "tokenizer"), no_shards / "tokenizer")
+    shutil.copytree(stats.tokenizer_dir(), no_shards / "tokenizer")
     raw = json.loads((no_shards / "stats.json").read_text())
-    (no_shards / "stats.json").write_text(json.dumps(raw | {"output_dir": str(no_shards)}))
+    (no_shards / "stats.json").write_text(json.dumps(raw | {"output_dir": str(no_shards), "features_dir": ""}))
     cases = [
         ([f"model.pretrained={tmp_path / 'small'}"], ConfigError, "only 64 embeddings"),
         ([f"data.output_dir={no_shards}"], TrainingError, "no Parquet shards"),

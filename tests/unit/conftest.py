@@ -19,3 +19,12 @@ def _no_ray_cluster():
     before = _ray_up()
     yield
     assert before or not _ray_up(), "a unit test started Ray: move it to tests/integration"
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """s3://raygen on a local S3-compatible server (moto) for this session."""
+    from tests.s3server import s3_server
+
+    with s3_server("raygen"):
+        yield "s3://raygen"

@@ -78,13 +78,13 @@ def _plots(out: Path, length_hist: np.ndarray, bins: np.ndarray, labels: dict[st
 
 
 def write_card(out: Path, stats, corpus: ray.data.Dataset, length_hist: np.ndarray, bins: np.ndarray,
-               label_columns: list[str]) -> dict:
+               label_columns: list[str], title: str = "") -> dict:
     labels = label_distributions(corpus, label_columns)
     plots = _plots(out, length_hist, bins, labels)
     card = {**asdict(stats), "length_histogram": {"bins": bins.tolist(), "counts": length_hist.tolist()},
             "labels": labels, "plots": plots}
     (out / "card.json").write_text(json.dumps(card, indent=2, default=str))
-    lines = [f"# Dataset card: {out.name}", "", f"- version: `{stats.dataset_version}`",
+    lines = [f"# Dataset card: {title or out.name}", "", f"- version: `{stats.dataset_version}`",
              f"- runs: {', '.join(stats.runs)} (this run added {stats.num_documents} documents; "
              f"{stats.num_documents_total} in all)",
              f"- tokens packed: {stats.doc_tokens:,} → {stats.num_train_blocks:,} train + {stats.num_val_blocks:,} "

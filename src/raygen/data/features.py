@@ -10,6 +10,7 @@ import numpy as np
 
 from raygen.data.clean import in_val_split
 from raygen.errors import DataError
+from raygen.storage import local_copy
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -42,7 +43,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str, chat_te
 
 
 @lru_cache(maxsize=4)
-def _load_tokenizer(path: str):
+def _load_tokenizer(path: str):  # by path: the data job writes each tokenizer to a new directory
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
@@ -77,7 +78,7 @@ def select_split(batch: dict, split: str) -> dict:
 def tokenize_and_pack(batch: dict, tokenizer_dir: str, block_size: int, val_fraction: float) -> dict:
     """A Ray Data batch fn: rows of cleaned docs in, rows of packed blocks out (with their split).
     Train documents repeat by their `weight` column when there is one; validation stays unweighted."""
-    tok = _load_tokenizer(tokenizer_dir)
+    tok = _load_tokenizer(str(local_copy(tokenizer_dir, "tokenizer.json")))  # a URI: fetched once per node
     texts, hashes = list(batch["text"]), list(batch["hash"])
     weights = list(batch["weight"]) if "weight" in batch else [1.0] * len(texts)
     ids = tok(texts, add_special_tokens=False)["input_ids"]

@@ -11,6 +11,11 @@ and anything else under docs/ or manifest/ is the debris of a killed run, remove
 skips records whose raw hash is in the manifest (reason `already_collected`) and adds only new documents;
 features, shards and the card are rebuilt from every committed run, so a re-run after a kill ends with
 the same result as an uninterrupted one.
+
+output_dir is a directory or a URI (s3://bucket/data): nothing here renames or links, so object storage
+works as a disk does. Features go to a new features/<run>-<id>/ (tokenizer/, train/, val/) each run, and
+stats.json, written just before runs.json, names the current one (`DataStats.features_dir`); a reader
+never sees a half-written feature set, and a features directory never changes once named.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,8 +39,9 @@ from raygen.config import RaygenConfig
 from raygen.data import card, clean, features, sources, stages
 from raygen.data.tally import tally
 from raygen.data.quality import QualityRules
-from raygen.errors import DataError
+from raygen.errors import DataError, StorageError
 from raygen.observability.tracing import record_spans
+from raygen.storage import Location, local_copy
 
 DROP_ALREADY_COLLECTED = "already_collected"
 DROP_LABEL_FILTER = "label_filter"
@@ -59,13 +67,26 @@ class DataStats:
     pii: dict[str, int] = field(default_factory=dict)  # kind -> redactions
     num_documents_total: int = 0  # documents of every committed run (what the shards hold)
     runs: list[str] = field(default_factory=list)
+    features_dir: str = ""  # tokenizer/, train/, val/ of the committed features ('' : output_dir, before 0.2)
+
+    @property
+    def features(self) -> Location:
+        return Location(self.features_dir or self.output_dir)
+
+    def split_dir(self, split: str) -> str:
+        """Where a split's Parquet shards are: a path or a URI, as Ray Data reads it."""
+        return str(self.features / split)
+
+    def tokenizer_dir(self) -> Path:
+        """The tokenizer on this node's disk (downloaded once when the data lives in object storage)."""
+        return local_copy(self.features / "tokenizer", "tokenizer.json")
 
     def write(self) -> None:
-        Path(self.output_dir, "stats.json").write_text(json.dumps(asdict(self), indent=2))
+        (Location(self.output_dir) / "stats.json").write_text(json.dumps(asdict(self), indent=2))
 
 
-def load_stats(output_dir: str | Path) -> DataStats:
-    path = Path(output_dir, "stats.json")
+def load_stats(output_dir: str | os.PathLike) -> DataStats:
+    path = Location(output_dir) / "stats.json"
     if not path.is_file():
         raise DataError(f"no prepared data at {output_dir} (stats.json missing): run the data stage first "
                         "(`raygen data` or pipelines/prepare_data.py)")
@@ -136,32 +157,32 @@ def _filter_and_weigh(batch: dict, label_filter: dict, label_weights: dict) -> d
 
 
 # -- runs and the manifest -----------------------------------------------------------------------------------
-def _committed(out: Path) -> list[str]:
+def _committed(out: Location) -> list[str]:
     f = out / "runs.json"
     return json.loads(f.read_text())["runs"] if f.is_file() else []
 
 
-def _commit(out: Path, runs: list[str]) -> None:
-    tmp = out / "runs.json.tmp"
-    tmp.write_text(json.dumps({"runs": runs}, indent=1))
-    os.replace(tmp, out / "runs.json")  # the one atomic step that makes a run count
+def _commit(out: Location, runs: list[str]) -> None:
+    (out / "runs.json").write_text(json.dumps({"runs": runs}, indent=1))  # the one atomic step
 
 
-def _remove_debris(out: Path, runs: list[str]) -> None:
+def _remove_debris(out: Location, runs: list[str], keep_features: str = "") -> None:
     docs = out / "docs"
-    for run in runs:  # a label import killed between its renames: finish it
-        for suffix in (".labeled", ".old"):
-            if not (docs / run).exists() and (docs / f"{run}{suffix}").is_dir():
-                os.replace(docs / f"{run}{suffix}", docs / run)
+    if out.is_local:
+        for run in runs:  # a label import killed between its renames: finish it
+            for suffix in (".labeled", ".old"):
+                if not (docs / run).exists() and (docs / f"{run}{suffix}").is_dir():
+                    os.replace(docs.local_path / f"{run}{suffix}", docs.local_path / run)
     for sub in ("docs", "manifest", "quarantine"):
-        d = out / sub
-        if d.is_dir():
-            for p in d.iterdir():
-                if p.name not in runs:
-                    shutil.rmtree(p, ignore_errors=True)
+        for p in (out / sub).iterdir():
+            if p.name not in runs:
+                p.delete()
+    for p in (out / "features").iterdir():  # killed runs' features and the ones a commit replaced
+        if str(p) != keep_features:
+            p.delete()
 
 
-def _skip_known(collected: ray.data.Dataset, out: Path, runs: list[str]) -> ray.data.Dataset:
+def _skip_known(collected: ray.data.Dataset, out: Location, runs: list[str]) -> ray.data.Dataset:
     """Book records whose raw hash an earlier run collected: a groupby on raw_hash over the new records and
     the manifest's hashes (a distributed anti-join; the manifest never comes to the driver)."""
     template = {c: ("" if c not in ("doc_id", "offset", "weight") else 0) for c in sources.COLUMNS}
@@ -227,44 +248,43 @@ def prepare_data(cfg: RaygenConfig) -> DataStats:
     if num_docs + sum(dropped.values()) != num_collected:
         raise DataError(f"accounting broke: {num_docs} kept + {dropped} != {num_collected} collected")  # a bug
     corpus, all_runs = _write_run(d, out, run, runs, kept, processed, num_docs, num_collected, dropped)
-    feat = out / "features.tmp"
-    shutil.rmtree(feat, ignore_errors=True)
-    with clock.stage("tokenizer"):
-        tok = _tokenizer(cfg.features, corpus, feat / "tokenizer")
-    with clock.stage("features"):
-        packed, n_train, n_val, version = _pack(cfg.features, corpus, feat)
-    for name in ("tokenizer", "train", "val"):  # swap the new features in
-        shutil.rmtree(out / name, ignore_errors=True)
-        os.replace(feat / name, out / name)
-    shutil.rmtree(feat, ignore_errors=True)
+    feat = out / "features" / f"{run}-{uuid.uuid4().hex[:8]}"  # new each run: a named one never changes
+    with tempfile.TemporaryDirectory(prefix="raygen-tokenizer-") as tok_dir:
+        with clock.stage("tokenizer"):
+            tok = _tokenizer(cfg.features, corpus, Path(tok_dir))
+            (feat / "tokenizer").upload(tok_dir)
+        with clock.stage("features"):
+            packed, n_train, n_val, version = _pack(cfg.features, corpus, feat, Path(tok_dir))
     stats = DataStats(
         output_dir=str(out), num_collected=num_collected, dropped=dropped, num_documents=num_docs,
         num_train_blocks=n_train, num_val_blocks=n_val, block_size=cfg.features.block_size, vocab_size=len(tok),
         doc_tokens=int(packed.sum("doc_tokens")), tail_tokens=int(packed.sum("tail_tokens")), dataset_version=version,
         seconds=round(time.time() - t0, 2), stages={k: round(v, 2) for k, v in clock.seconds.items()},
         stage_counts=_stage_table(num_collected, dropped, d.stages), pii=pii, num_documents_total=corpus.count(),
-        runs=all_runs)
+        runs=all_runs, features_dir=str(feat))
     _publish(cfg, stats, corpus, clock, t0, run)
     return stats
 
 
-def _open_output(d) -> tuple[Path, list[str]]:
-    """The output directory with the committed runs (none when not incremental), a killed run's debris gone."""
+def _open_output(d) -> tuple[Location, list[str]]:
+    """The output directory with the committed runs (none when not incremental), a killed run's debris gone
+    (the committed features stay until a new set is committed)."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # same input, same shards
     ctx.op_resource_reservation_enabled = d.reserve_operator_memory
-    out = Path(d.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Location(d.output_dir)
+    out.mkdir()
     runs = _committed(out) if d.incremental else []
     if not d.incremental:
         for sub in ("docs", "manifest", "quarantine"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        (out / "runs.json").unlink(missing_ok=True)
-    _remove_debris(out, runs)
+            (out / sub).delete()
+        (out / "runs.json").delete()
+    stats = out / "stats.json"
+    _remove_debris(out, runs, json.loads(stats.read_text()).get("features_dir", "") if stats.is_file() else "")
     return out, runs
 
 
-def _collect_and_clean(d, out: Path, runs: list[str], run: str):
+def _collect_and_clean(d, out: Location, runs: list[str], run: str):
     """Read every source, skip what earlier runs collected, run the document stages; unreadable records go to
     quarantine/. Returns (the processed records, drop reason -> records ('' kept), PII kind -> redactions)."""
     srcs = [s.model_dump() for s in d.all_sources()]
@@ -329,7 +349,7 @@ def _label_and_filter(d, kept: ray.data.Dataset, dropped: dict[str, int]) -> tup
     return kept, labeled.get("", 0)
 
 
-def _write_run(d, out: Path, run: str, runs: list[str], kept, processed, num_docs: int, num_collected: int,
+def _write_run(d, out: Location, run: str, runs: list[str], kept, processed, num_docs: int, num_collected: int,
                dropped: dict[str, int]) -> tuple[ray.data.Dataset, list[str]]:
     """This run's documents and manifest; returns (the corpus of every run, the runs)."""
     if num_docs:
@@ -346,7 +366,8 @@ def _write_run(d, out: Path, run: str, runs: list[str], kept, processed, num_doc
 
 
 def _tokenizer(fc, corpus: ray.data.Dataset, tok_dir: Path):
-    """features.tokenizer reused, or a byte-level BPE trained on a sample of the corpus's text."""
+    """features.tokenizer reused, or a byte-level BPE trained on a sample of the corpus's text; saved in
+    tok_dir (local: the driver's disk)."""
     if fc.tokenizer:
         tok = features.use_tokenizer(fc.tokenizer, str(tok_dir))
         _log(f"tokenizer: reused {fc.tokenizer}, {len(tok)} tokens")
@@ -358,13 +379,14 @@ def _tokenizer(fc, corpus: ray.data.Dataset, tok_dir: Path):
     return tok
 
 
-def _pack(fc, corpus: ray.data.Dataset, feat: Path):
+def _pack(fc, corpus: ray.data.Dataset, feat: Location, tok_dir: Path):
     """Tokenize and pack into train/val Parquet under feat; returns (packed, train blocks, val blocks,
-    dataset version: an order-free digest of every block + the tokenizer + the block size)."""
-    tok_dir = feat / "tokenizer"
+    dataset version: an order-free digest of every block + the tokenizer + the block size). The workers
+    read the tokenizer from feat (on any node); tok_dir is the driver's copy."""
     packed = corpus.map_batches(
         features.tokenize_and_pack, batch_format="numpy", batch_size=fc.pack_batch_docs,
-        fn_kwargs={"tokenizer_dir": str(tok_dir), "block_size": fc.block_size, "val_fraction": fc.val_fraction},
+        fn_kwargs={"tokenizer_dir": str(feat / "tokenizer"), "block_size": fc.block_size,
+                   "val_fraction": fc.val_fraction},
     ).materialize()
     split_counts = tally(packed, "split")
     n_train, n_val = split_counts.get("train", 0), split_counts.get("val", 0)
@@ -381,14 +403,17 @@ def _pack(fc, corpus: ray.data.Dataset, feat: Path):
 
 def _publish(cfg: RaygenConfig, stats: DataStats, corpus, clock: _Clock, t0: float, run: str) -> None:
     """The card, stats.json, metrics and spans, then the commit that makes the run count."""
-    out = Path(stats.output_dir)
-    card.write_card(out, stats, corpus, _sum_hist(corpus), LENGTH_BINS, _label_columns(corpus))
+    out = Location(stats.output_dir)
+    with tempfile.TemporaryDirectory(prefix="raygen-card-") as tmp:
+        card.write_card(Path(tmp), stats, corpus, _sum_hist(corpus), LENGTH_BINS, _label_columns(corpus), out.name)
+        out.upload(tmp)
     stats.write()
     _record_metrics(stats)
     record_spans(cfg.observability, "raygen-data", "data.prepare", t0, time.time(), clock.spans(),
                  {"raygen.run": run, "raygen.dataset_version": stats.dataset_version,
                   "raygen.documents_in": stats.num_collected, "raygen.train_blocks": stats.num_train_blocks})
     _commit(out, stats.runs)
+    _remove_debris(out, stats.runs, stats.features_dir)  # the features this commit replaced
     _log(f"features: {stats.doc_tokens} tokens → {stats.num_train_blocks} train + {stats.num_val_blocks} val "
          f"blocks of {stats.block_size} ({stats.tail_tokens} tail tokens dropped); version {stats.dataset_version}")
     _log(f"wrote {out} (card: {out / 'card.md'}) in {stats.seconds:.1f}s")
@@ -411,7 +436,7 @@ def export_for_labeling(cfg: RaygenConfig, path: str, sample_size: int, stratify
     that thin slice reaches the driver. Returns the number of tasks written."""
     from raygen.data.label_studio import export_label_studio
 
-    out = Path(cfg.data.output_dir)
+    out = Location(cfg.data.output_dir)
     runs = _committed(out)
     if not runs:
         raise DataError(f"no curated documents in {out}: run the data stage first")
@@ -433,7 +458,11 @@ def import_labels(cfg: RaygenConfig, export_path: str, name: str = "human_label"
     (by doc_id; '' where none), rewritten run by run (each swapped in whole). Returns documents labeled."""
     from raygen.data.label import HumanLabeler
 
-    out = Path(cfg.data.output_dir)
+    where = Location(cfg.data.output_dir)
+    if not where.is_local:
+        raise StorageError(f"importing labels rewrites documents in place by renames, which {where} cannot do; "
+                           "import into a local copy of the data (or label in the data stage with a labeler)")
+    out = where.local_path
     labeler = HumanLabeler(export_path, name, from_name)  # parse errors surface here, before any rewrite
     labeled = 0
     for run in _committed(out):

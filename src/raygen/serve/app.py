@@ -40,13 +40,16 @@ def _llm_options(s) -> dict:
     import ray
 
     gpus = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
-    actor = {"num_cpus": s.llm_num_cpus, **({"num_gpus": 1} if gpus else {})}
+    actor = {"num_cpus": s.llm_num_cpus, **({"num_gpus": 1} if gpus else {}),
+             **({"label_selector": s.llm_label_selector} if s.llm_label_selector else {})}
     opts: dict = {"ray_actor_options": actor, "max_ongoing_requests": s.llm_max_ongoing_requests,
                   "max_queued_requests": s.llm_max_queued_requests,
                   "request_router_config": RequestRouterConfig(
                       request_router_class="raygen.serve.router:PrefixAwareRouter",
                       request_router_kwargs={"chunk": s.router_chunk_tokens, "margin": s.router_load_margin},
                       request_routing_stats_period_s=1.0, request_routing_stats_timeout_s=5.0)}
+    if s.llm_max_replicas_per_node:
+        opts["max_replicas_per_node"] = s.llm_max_replicas_per_node
     if s.autoscaling:
         a = s.autoscaling
         opts["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
@@ -70,20 +73,29 @@ def build_graph(cfg: RaygenConfig) -> Application:
     post_args = dict(model_dir=str(model_dir), safety=safety, model_name=name, observability=obs)
     if s.split_processing or s.safety.classifier:
         # Own deployments: scale tokenization and output checks (a classifier model) apart from the HTTP edge.
-        pre, post = Preprocessor.bind(**pre_args), Postprocessor.bind(llm, **post_args)
+        pre = _on_http_nodes(Preprocessor, s).bind(**pre_args)
+        post = _on_http_nodes(Postprocessor, s).bind(llm, **post_args)
     else:
         # In the ingress process: two Serve hops fewer on every request (benchmarks/serve_bench.py).
         pre, post = pre_args, post_args
     rl = s.rate_limit
     key_caps = {k.name: k.max_concurrent for k in s.auth.keys if k.max_concurrent}
-    gateway = Gateway.bind(rate_limit=rl, cache=s.cache, version=version, key_caps=key_caps)
-    return Ingress.options(num_replicas=s.ingress_replicas, max_ongoing_requests=s.ingress_max_ongoing_requests,
+    gateway = _on_http_nodes(Gateway, s).bind(rate_limit=rl, cache=s.cache, version=version, key_caps=key_caps)
+    return _on_http_nodes(Ingress, s).options(num_replicas=s.ingress_replicas, max_ongoing_requests=s.ingress_max_ongoing_requests,
                            max_queued_requests=s.ingress_max_queued_requests).bind(
         preprocessor=pre, postprocessor=post, gateway=gateway, llm=llm, model_name=cfg.registry.name,
         version=version, max_body_bytes=s.max_body_bytes, auth=s.auth,
         rate_limited=rl.enabled or rl.max_concurrent_per_key is not None or bool(key_caps), cached=s.cache.enabled,
         near_cache_s=s.cache.near_ttl_s, observability=obs, gateway_failure=rl.on_gateway_failure,
         gateway_timeout_s=rl.gateway_timeout_s, retry_after_s=s.retry_after_s, max_inflight=_max_inflight(s))
+
+
+def _on_http_nodes(deployment, s):
+    """The deployment on nodes with serve.http_label_selector's labels (its own actor options kept)."""
+    if not s.http_label_selector:
+        return deployment
+    return deployment.options(ray_actor_options={**(deployment.ray_actor_options or {}),
+                                                 "label_selector": s.http_label_selector})
 
 
 def _max_inflight(s) -> int:
@@ -102,7 +114,8 @@ def build_app(args: dict) -> Application:
 def run(cfg: RaygenConfig) -> str:
     """Start Serve's HTTP proxy on cfg.serve.host:port, deploy the graph, wait until it is healthy; start the
     cluster's alert evaluator when observability.alerts.enabled."""
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
+                proxy_location=cfg.serve.proxy_location)
     serve.run(build_graph(cfg), name=APP_NAME, route_prefix="/")
     if cfg.observability.alerts.enabled:
         from raygen.observability.alert_actor import start_alerts

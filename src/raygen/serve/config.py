@@ -68,6 +68,9 @@ class AutoscalingSettings(ConfigModel):
 class ServeConfig(ConfigModel):
     host: str = Field("127.0.0.1", description="HTTP bind address of Serve's proxy.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of Serve's proxy.")
+    proxy_location: Literal["HeadOnly", "EveryNode", "Disabled"] = Field(
+        "HeadOnly", description="Where Serve runs HTTP proxies: the head only, or every node with a replica "
+                                "(behind your load balancer).")
     version: str = Field("latest", description="Registry version (v3) or alias (latest, production).")
     max_tokens_default: int = Field(64, ge=1, description="max_tokens when a request gives none.")
     max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
@@ -82,6 +85,12 @@ class ServeConfig(ConfigModel):
                                                          "load exceeds the least-loaded one's by more than this.")
     llm_replicas: int = Field(1, ge=1, description="Model replicas.")
     llm_num_cpus: float = Field(1, gt=0, description="CPUs each model replica reserves.")
+    llm_max_replicas_per_node: int | None = Field(None, ge=1, description="At most this many model replicas on "
+                                                  "one node (1: each on its own node, so a node's loss takes one).")
+    llm_label_selector: dict[str, str] = Field(default_factory=dict, description="Node labels model replicas "
+                                               "need (`ray start --labels`), e.g. {raygen.io/pool: gpu}.")
+    http_label_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the HTTP side "
+                                                "needs: ingress, gateway, pre/postprocessors.")
     llm_max_ongoing_requests: int = Field(192, ge=1, description="Requests one model replica holds at once "
                                           "(running + waiting in its engine); more queue in Serve's router.")
     llm_max_queued_requests: int = Field(64, ge=1, description="Requests each caller (ingress replica) queues for "

@@ -26,6 +26,7 @@ from raygen.observability.process import init_process
 from raygen.observability.requests import engine_spans
 from raygen.observability.tracing import SpanSource, extract, tracer
 from raygen.serve.protocol import ReplicaChunk
+from raygen.registry import local_model_dir
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=256)
@@ -33,8 +34,9 @@ class LLMServer(SpanSource):
     def __init__(self, model_dir: str, engine: EngineConfig, torch_threads: int = 0, model_name: str = "model",
                  observability: ObservabilitySettings | None = None, version: str = "",
                  retry_after_s: int = 1):
-        """engine: the serve.engine section of the raygen config, served from model_dir; version: the
-        registry version this replica serves (every chunk it yields names it)."""
+        """engine: the serve.engine section of the raygen config, served from model_dir (a local directory
+        or a registry version's URI, copied to this node first); version: the registry version this replica
+        serves (every chunk it yields names it)."""
         import torch
 
         from raygen.engine.engine import AsyncLLMEngine
@@ -42,7 +44,8 @@ class LLMServer(SpanSource):
         init_process(observability, "raygen-llm")
         self.model_name, self.version, self.retry_after_s = model_name, version, retry_after_s
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
-        self.engine = AsyncLLMEngine.from_config(dataclasses.replace(engine, model=model_dir))
+        local = str(local_model_dir(model_dir))
+        self.engine = AsyncLLMEngine.from_config(dataclasses.replace(engine, model=local))
         record("raygen_llm_replica_starts_total", model=model_name)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams, trace: dict | None = None

@@ -18,6 +18,7 @@ from raygen.observability.config import ObservabilitySettings
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.tracing import SpanSource, extract, inject, tracer
+from raygen.registry import local_model_dir
 from raygen.serve.config import SafetySettings
 from raygen.serve.preprocess import build_safety
 from raygen.serve.protocol import Delta
@@ -34,7 +35,7 @@ class Postprocessor(SpanSource):
         init_process(observability, "raygen-postprocessor")
         self.model_name = model_name
         self.llm = llm  # DeploymentHandle of LLMServer
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(local_model_dir(model_dir))
         self.safety = build_safety(safety) if safety else None
         self.blocked: Counter[str] = Counter()  # safety rule -> outputs it cut
 

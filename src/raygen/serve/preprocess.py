@@ -18,6 +18,7 @@ from raygen.observability.config import ObservabilitySettings
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.tracing import SpanSource, extract, tracer
+from raygen.registry import local_model_dir
 from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest
 from raygen.serve.safety import SafetyFilter, hf_classifier
 
@@ -52,6 +53,7 @@ class Preprocessor(SpanSource):
 
         init_process(observability, "raygen-preprocessor")
         self.model_name = model_name
+        model_dir = local_model_dir(model_dir)  # a registry version's URI: copied to this node once
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.chat_template = self.tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
         self.context = context_window(model_dir)

@@ -47,6 +47,11 @@ class TrainConfig(ConfigModel):
         0.5, gt=0, description="CPUs each worker reserves; leave some free for Ray Data's read tasks.")
     torch_threads: int = Field(0, ge=0, description="torch threads per worker; 0: the node's cores ÷ workers.")
     use_gpu: bool | None = Field(None, description="None: use GPUs when the cluster has them.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How the workers' placement group spreads over nodes (Ray's strategies): "
+                            "STRICT_SPREAD puts each worker on its own node.")
+    label_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the workers need "
+                                           "(`ray start --labels`), e.g. {raygen.io/pool: gpu}.")
     zero_stage: int = Field(2, description="DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3.")
     offload_optimizer: bool = Field(False, description="ZeRO-1/2/3: optimizer state and step on the CPU.")
     precision: Literal["auto", "fp32", "bf16", "bf16-autocast"] = Field(

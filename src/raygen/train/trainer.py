@@ -23,6 +23,7 @@ from raygen.train.config import WorkerConfig
 from raygen.data.pipeline import DataStats, load_stats
 from raygen.errors import ConfigError, DataError, TrainingError
 from raygen.observability.tracing import record_spans
+from raygen.storage import Location
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _read_shards(batch):
     return pa.concat_tables(shuffled)
 
 
-def _train_stream(split_dir: Path, epochs: int, seed: int):
+def _train_stream(split_dir: str, epochs: int, seed: int):
     """The train split as one Ray Data stream of `epochs` passes over its shards (shard_reads).
 
     One read task per shard, so the split is never loaded whole. Ray Data hands whole blocks (here: shards) to
@@ -84,7 +85,7 @@ def _train_stream(split_dir: Path, epochs: int, seed: int):
     on the same batches. The data stage writes blocks in corpus order; the shuffles keep a step's batch from
     being one stretch of the corpus. One stream instead of one per epoch: a new iteration of a stream restarts
     Ray Data's executor, ~5 s per epoch on a busy 2-core machine."""
-    reads = shard_reads(sorted(str(f) for f in split_dir.glob("*.parquet")), epochs, seed)
+    reads = shard_reads(_shards(split_dir), epochs, seed)
     return ray.data.from_items(reads, override_num_blocks=len(reads)).map_batches(
         _read_shards, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
 
@@ -99,34 +100,26 @@ def _check(cfg: RaygenConfig, stats: DataStats) -> None:
         raise TrainingError(f"{stats.num_val_blocks} val blocks for {tc.num_workers} workers: every worker needs "
                             "one; raise features.val_fraction or add data")
     for split in ("train", "val"):
-        if not any(Path(stats.output_dir, split).glob("*.parquet")):
-            raise TrainingError(f"no Parquet shards in {Path(stats.output_dir, split)}: run the data stage first "
+        if not _shards(stats.split_dir(split)):
+            raise TrainingError(f"no Parquet shards in {stats.split_dir(split)}: run the data stage first "
                                 "(raygen data, or pipelines/prepare_data.py)")
-    tok = Path(stats.output_dir, "tokenizer", "tokenizer.json")
+    tok = stats.features / "tokenizer" / "tokenizer.json"
     if not tok.is_file():
-        raise TrainingError(f"tokenizer missing at {tok.parent}: re-run the data stage")
+        raise TrainingError(f"tokenizer missing at {tok}: re-run the data stage")
 
 
-def _storage(path: str):
-    """(pyarrow filesystem, path in it) for a local path or a URI."""
-    import pyarrow.fs as pafs
-
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
+def _shards(split_dir: str) -> list[str]:
+    """The Parquet files of a split (a directory or a URI), sorted."""
+    where = Location(split_dir)
+    return [str(where / rel) for rel, _ in where.files() if rel.endswith(".parquet")]
 
 
 def _check_run(cfg: RaygenConfig, run_name: str, fingerprint: str, dataset_version: str) -> bool:
     """Write raygen_run.json for a new run; for an existing one check it can be resumed. True: resuming."""
-    import pyarrow.fs as pafs
-
-    fs, root = _storage(cfg.train.storage_path)
-    run_dir = f"{root.rstrip('/')}/{run_name}"
-    meta_path = f"{run_dir}/raygen_run.json"
+    meta_path = Location(cfg.train.storage_path) / run_name / "raygen_run.json"
     meta = {"model": json.loads(fingerprint), "dataset_version": dataset_version}
-    if fs.get_file_info(meta_path).type == pafs.FileType.File:
-        with fs.open_input_stream(meta_path) as f:
-            old = json.loads(f.read().decode())
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
         if old["model"] != meta["model"]:
             raise ConfigError(f"train.run_name {run_name!r} exists in {cfg.train.storage_path} with another model "
                               f"({old['model']} vs now {meta['model']}): resuming it cannot load the checkpoint. "
@@ -135,9 +128,7 @@ def _check_run(cfg: RaygenConfig, run_name: str, fingerprint: str, dataset_versi
             print(f"[raygen train] note: resuming {run_name} on dataset {dataset_version} (it started on "
                   f"{old['dataset_version']})", flush=True)
         return True
-    fs.create_dir(run_dir, recursive=True)
-    with fs.open_output_stream(meta_path) as f:
-        f.write(json.dumps(meta, indent=1).encode())
+    meta_path.write_text(json.dumps(meta, indent=1))
     return False
 
 
@@ -150,8 +141,7 @@ def prepare(cfg: RaygenConfig):
 
     stats = load_stats(cfg.data.output_dir)
     _check(cfg, stats)
-    tok_dir = str(Path(stats.output_dir, "tokenizer"))
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = AutoTokenizer.from_pretrained(stats.tokenizer_dir())
     hf = build_hf_config(cfg.model, len(tok), stats.block_size, tok.eos_token_id, tok.pad_token_id)
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
@@ -180,14 +170,16 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
     # workers' reservation (and beside a Tune trial's), where a whole CPU may not be free.
     epochs = epochs_per_stream(tc.max_steps, tc.num_workers * tc.micro_batch_size * tc.accum_steps,
                                stats.num_train_blocks)
-    datasets = {"train": _train_stream(Path(stats.output_dir, "train"), epochs, tc.seed),
-                "val": ray.data.read_parquet(str(Path(stats.output_dir, "val")), num_cpus=0.25)}
+    datasets = {"train": _train_stream(stats.split_dir("train"), epochs, tc.seed),
+                "val": ray.data.read_parquet(stats.split_dir("val"), num_cpus=0.25)}
     use_gpu = worker.use_gpu
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker.model_dump(),  # re-validated as a WorkerConfig on arrival
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+                                     resources_per_worker={"CPU": tc.cpus_per_worker},
+                                     placement_strategy=tc.placement_strategy,
+                                     label_selector=tc.label_selector or None),
         run_config=RunConfig(
             name=run_name, storage_path=tc.storage_path, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=tc.max_failures),
@@ -216,5 +208,5 @@ def train(cfg: RaygenConfig, callbacks: list | None = None, run_name: str | None
                   "raygen.steps": tc.max_steps, "raygen.dataset_version": stats.dataset_version,
                   "raygen.val_loss": result.metrics.get("val_loss"), "raygen.restarts": len(meta["resumed_from"])})
     return TrainOutcome(metrics=dict(result.metrics), checkpoint_dir=ckpt, hf_dir=str(Path(ckpt, "hf")),
-                        tokenizer_dir=str(Path(stats.output_dir, "tokenizer")), data=stats, seconds=time.time() - t0,
+                        tokenizer_dir=str(stats.tokenizer_dir()), data=stats, seconds=time.time() - t0,
                         run_name=run_name, history=meta["history"], resumed_from=meta["resumed_from"])

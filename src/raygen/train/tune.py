@@ -24,6 +24,7 @@ The space checks (`parse_space`) are pure: a field that does not exist, a sectio
 from __future__ import annotations
 
 import csv
+import tempfile
 import math
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 from raygen.config import RaygenConfig, validate_config
 from raygen.errors import ConfigError, TrainingError
+from raygen.storage import Location
 
 TUNABLE = ("train", "model")
 _DISTRIBUTIONS = {"uniform": 2, "loguniform": 2, "randint": 2, "choice": None, "grid": None}
@@ -174,8 +176,10 @@ def tune_run(cfg: RaygenConfig) -> dict:
     grid = _tuner(cfg, parsed, base, experiment).fit()
     tuned = [k for k, (kind, _) in parsed.items() if kind != "fixed"]
     rows, curves = _results(grid, tuned, tc.max_steps)
-    out_dir = Path(tc.storage_path, experiment) if "://" not in tc.storage_path else Path(experiment)
-    _write_results(out_dir, experiment, rows, curves, tuned)
+    out_dir = Location(tc.storage_path) / experiment
+    with tempfile.TemporaryDirectory(prefix="raygen-tune-") as tmp:  # then beside the trials, local or remote
+        _write_results(Path(tmp), experiment, rows, curves, tuned)
+        out_dir.upload(tmp)
     print(f"[raygen tune] {len(rows)} trials in {time.time() - t0:.0f}s; {sum(r['status'] == 'stopped early' for r in rows)}"
           f" stopped early by ASHA; table {out_dir / 'results.csv'}, plot {out_dir / 'val_loss.png'}", flush=True)
     finished = [r for r in rows if r["status"] == "finished" and r["checkpoint"]]
@@ -283,7 +287,7 @@ def _export(cfg: RaygenConfig, base: dict, best: dict, tuned: list[str], grid) -
     result = next(r for r in grid if (r.metrics or {}).get("trial_id") == best["trial"])
     stats = load_stats(cfg.data.output_dir)
     outcome = TrainOutcome(metrics=dict(result.metrics), checkpoint_dir=ckpt, hf_dir=str(Path(ckpt, "hf")),
-                           tokenizer_dir=str(Path(stats.output_dir, "tokenizer")), data=stats,
+                           tokenizer_dir=str(stats.tokenizer_dir()), data=stats,
                            seconds=float(result.metrics.get("time_total_s", 0)), run_name=best["trial"],
                            history=meta["history"], resumed_from=meta["resumed_from"])
     return register(trial_cfg, outcome)
