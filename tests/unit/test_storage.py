@@ -46,7 +46,7 @@ def test_uris_and_paths():
     assert Location("file:///tmp/x").is_local and Location("/tmp/x/").uri == "/tmp/x"
     assert Location("s3://bucket/a/").uri == "s3://bucket/a" and Location("s3://bucket/a/b").name == "b"
     with pytest.raises(StorageError, match="not on a local disk"):
-        Location("s3://bucket/a").local_path
+        _ = Location("s3://bucket/a").local_path
     with pytest.raises(StorageError, match="cannot open nosuch://x"):
         Location("nosuch://x").exists()
 
