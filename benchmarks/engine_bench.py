@@ -2,21 +2,27 @@
 
     python benchmarks/engine_bench.py                       # the full table (tens of minutes on 2 cores)
     python benchmarks/engine_bench.py --requests 32 --quick # a smoke run
+    python benchmarks/engine_bench.py --device cuda --preset gpt2-small --dtypes bfloat16   # on a GPU
+        (benchmarks/gpu_check.sh runs it so, with static batches of 16, 64 and 256 and no Poisson/prefix runs)
 
-Model: GPT-2 architecture, 6 layers, hidden 512, 8 heads, vocab 8192, random init (saved once to a temp
-dir). Workload: N requests with random prompts (32-256 tokens) and output lengths (64-256 tokens, EOS
-off), all at once; raygen also at a Poisson rate. Systems, each in its own subprocess (clean peak RSS,
-no interference): raygen's engine; transformers `generate` one request at a time; `generate` on static
-batches of 16 and 64 (the `@serve.batch` pattern: a batch runs to its longest member); transformers'
-continuous batching (`generate_batch`'s manager, per-request max_new_tokens).
+Model (`--preset`): by default GPT-2 architecture, 6 layers, hidden 512, 8 heads, vocab 8192; gpt2-small
+(124M) and llama-160m are train/model.py's shapes of those names, large enough for a GPU; gpt2-tiny is for
+smoke runs. Random init, saved once to a temp dir. `--device cuda` runs every system on the GPU.
+Workload: N requests with random prompts (32-256 tokens) and output lengths (64-256 tokens, EOS off), all
+at once; raygen also at a Poisson rate. Systems, each in its own subprocess (clean peak RSS, no
+interference): raygen's engine; transformers `generate` one request at a time; `generate` on static
+batches of 16 and 64 (hf_staticN: any N; the `@serve.batch` pattern: a batch runs to its longest member);
+transformers' continuous batching (`generate_batch`'s manager, per-request max_new_tokens).
 
 Metrics (vLLM's definitions): output tokens/s over the run; TTFT = first token - arrival; TPOT = (last -
 first token) / (output tokens - 1) per request; ITL = gaps between a request's successive token
 arrivals. Roofline: for every step raygen ran, max(FLOPs / matmul rate, bytes / copy bandwidth) with
 bytes = weights + the K/V attention reads, summed; both rates measured here, in the same dtype. Copy
-bandwidth counts read + write (STREAM convention), which makes the roofline stricter, not looser.
+bandwidth counts read + write (STREAM convention), which makes the roofline stricter, not looser; on a GPU
+it is a 1 GiB device-to-device copy (about the HBM peak). Decode bandwidth: over the steps that only
+decoded, (weights + K/V read) bytes / step seconds, as a share of that copy bandwidth.
 Shared prefix: one 512-token system prompt, short suffixes, Poisson arrivals; TTFT with and without
-prefix caching. Results go to benchmarks/results/engine/ (JSON, a Markdown table, a PNG).
+prefix caching. Results go to benchmarks/results/engine/ (`--out`; JSON, a Markdown table, a PNG).
 """
 
 from __future__ import annotations
@@ -38,25 +44,55 @@ import torch
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "engine"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-MODEL = dict(n_layer=6, n_embd=512, n_head=8, vocab_size=8192, n_positions=1024)
-KV_MIB = 768
-MAX_SEQS, MAX_BATCHED = 128, 1024
+# Shapes by name. gpt2-small and llama-160m follow train/model.py's presets of those names (with GPT-2's
+# vocabulary and a 32k one, as its parameter counts assume); copied here so the bench needs no raygen.train.
+PRESETS = {
+    "gpt2-bench": dict(family="gpt2", n_layer=6, n_embd=512, n_head=8, vocab_size=8192, n_positions=1024),
+    "gpt2-tiny": dict(family="gpt2", n_layer=2, n_embd=128, n_head=2, vocab_size=8192, n_positions=1024),
+    "gpt2-small": dict(family="gpt2", n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+    "llama-160m": dict(family="llama", n_layer=12, n_embd=768, n_head=12, n_kv_head=4, intermediate_size=2048,
+                       vocab_size=32000, n_positions=2048),
+}
+# Engine settings per device: (KV pool MiB, max sequences, tokens per step).
+SETTINGS = {"cpu": (768, 128, 1024), "cuda": (8192, 256, 2048)}
 
 
 # -- workload and model -------------------------------------------------------------------------------
-def make_model(path: Path) -> None:
-    from transformers import AutoModelForCausalLM, GPT2Config
+def make_model(path: Path, spec: dict) -> None:
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     torch.manual_seed(0)
-    cfg = GPT2Config(**MODEL, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    none = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if spec["family"] == "gpt2":
+        cfg = GPT2Config(n_layer=spec["n_layer"], n_embd=spec["n_embd"], n_head=spec["n_head"],
+                         vocab_size=spec["vocab_size"], n_positions=spec["n_positions"], **none)
+    else:
+        cfg = LlamaConfig(num_hidden_layers=spec["n_layer"], hidden_size=spec["n_embd"],
+                          num_attention_heads=spec["n_head"], num_key_value_heads=spec["n_kv_head"],
+                          intermediate_size=spec["intermediate_size"], vocab_size=spec["vocab_size"],
+                          max_position_embeddings=spec["n_positions"], tie_word_embeddings=False, **none)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
 
 
-def make_workload(n: int, rate: float | None, seed: int, prompt=(32, 256), output=(64, 256), prefix=None) -> list[dict]:
+def dims(spec: dict) -> dict:
+    """What the roofline needs: layers, hidden, vocab, K/V width, matmul parameters per layer, all parameters."""
+    L, d, h, V = spec["n_layer"], spec["n_embd"], spec["n_head"], spec["vocab_size"]
+    hd, kv = d // h, spec.get("n_kv_head", h)
+    if spec["family"] == "gpt2":
+        layer = 12 * d * d  # qkv 3d², out d², mlp 8d² (biases and norms are noise)
+        embed = (V + spec["n_positions"]) * d  # the LM head is tied to the token embedding
+    else:
+        layer = d * (h + 2 * kv) * hd + h * hd * d + 3 * d * spec["intermediate_size"]  # qkv, out, gate/up/down
+        embed = 2 * V * d  # untied LM head
+    return {"L": L, "d": d, "V": V, "kv_width": kv * hd, "layer_params": layer, "params": L * layer + embed}
+
+
+def make_workload(n: int, rate: float | None, seed: int, vocab: int, prompt=(32, 256), output=(64, 256),
+                  prefix=None) -> list[dict]:
     rng = random.Random(seed)
     t, reqs = 0.0, []
     for _ in range(n):
-        p = (prefix or []) + [rng.randrange(MODEL["vocab_size"]) for _ in range(rng.randint(*prompt))]
+        p = (prefix or []) + [rng.randrange(vocab) for _ in range(rng.randint(*prompt))]
         reqs.append({"prompt": p, "max_tokens": rng.randint(*output), "arrival": t})
         if rate:
             t += rng.expovariate(rate)
@@ -64,13 +100,13 @@ def make_workload(n: int, rate: float | None, seed: int, prompt=(32, 256), outpu
 
 
 # -- workers (one subprocess each) --------------------------------------------------------------------
-def worker_raygen(model: str, dtype: str, reqs: list[dict], prefix_caching: bool = True) -> dict:
+def worker_raygen(model: str, dtype: str, reqs: list[dict], args, prefix_caching: bool = True) -> dict:
     from raygen.engine.engine import AsyncLLMEngine, EngineConfig, LLMEngine
     from raygen.engine.request import SamplingParams
 
-    eng = LLMEngine(EngineConfig(model, dtype=dtype, device="cpu", kv_cache_mib=KV_MIB, max_num_seqs=MAX_SEQS,
-                                 max_num_batched_tokens=MAX_BATCHED, enable_prefix_caching=prefix_caching,
-                                 max_num_waiting=None, tokenizer=None))
+    eng = LLMEngine(EngineConfig(model, dtype=dtype, device=args.device, kv_cache_mib=args.kv_mib,
+                                 max_num_seqs=args.max_seqs, max_num_batched_tokens=args.max_batched_tokens,
+                                 enable_prefix_caching=prefix_caching, max_num_waiting=None, tokenizer=None))
     eng.generate([[1] * 64] * 4, SamplingParams(max_tokens=8, temperature=0))  # warm-up, not timed
     eng.step_log = []
     times: list[list[float]] = [[] for _ in reqs]
@@ -97,10 +133,15 @@ def worker_raygen(model: str, dtype: str, reqs: list[dict], prefix_caching: bool
             "kv_bytes": eng.runner.pool.nbytes, "preemptions": eng.stats().num_preemptions}
 
 
-def _load_hf(model: str, dtype: str):
+def _load_hf(model: str, dtype: str, device: str):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype]).eval()
+    return AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype]).to(device).eval()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 class _StepClock:
@@ -114,13 +155,15 @@ class _StepClock:
         return scores
 
 
-def worker_hf_static(model: str, dtype: str, reqs: list[dict], batch: int) -> dict:
+def worker_hf_static(model: str, dtype: str, reqs: list[dict], batch: int, device: str) -> dict:
     from transformers import LogitsProcessorList
 
-    m = _load_hf(model, dtype)
+    m = _load_hf(model, dtype, device)
     times: list[list[float]] = [[] for _ in reqs]
     with torch.inference_mode():
-        m.generate(torch.ones(1, 8, dtype=torch.long), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        m.generate(torch.ones(1, 8, dtype=torch.long, device=device), max_new_tokens=4, do_sample=False,
+                   pad_token_id=0)
+        _sync(device)
         t0 = time.perf_counter()
         for start in range(0, len(reqs), batch):
             group = list(range(start, min(start + batch, len(reqs))))
@@ -135,17 +178,18 @@ def worker_hf_static(model: str, dtype: str, reqs: list[dict], batch: int) -> di
                 mask[row, width - len(p):] = 1
             clock = _StepClock()
             new = max(reqs[i]["max_tokens"] for i in group)
-            m.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                       pad_token_id=0, logits_processor=LogitsProcessorList([clock]))
+            m.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, pad_token_id=0, logits_processor=LogitsProcessorList([clock]))
+            _sync(device)
             for i in group:
                 times[i] = [t - t0 for t in clock.times[:reqs[i]["max_tokens"]]]
     return {"wall": time.perf_counter() - t0, "times": times}
 
 
-def worker_hf_cb(model: str, dtype: str, reqs: list[dict]) -> dict:
+def worker_hf_cb(model: str, dtype: str, reqs: list[dict], device: str) -> dict:
     from transformers import GenerationConfig
 
-    m = _load_hf(model, dtype)
+    m = _load_hf(model, dtype, device)
     gc = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0, max_new_tokens=256)
     with m.continuous_batching_context_manager(generation_config=gc, block=True, timeout=30) as man:
         t0 = time.perf_counter()
@@ -172,15 +216,15 @@ def run_worker(args) -> None:
     reqs = json.loads(Path(args.workload).read_text())
     kind = args.worker
     if kind == "raygen":
-        res = worker_raygen(args.model, args.dtype, reqs)
+        res = worker_raygen(args.model, args.dtype, reqs, args)
     elif kind == "raygen_nocache":
-        res = worker_raygen(args.model, args.dtype, reqs, prefix_caching=False)
+        res = worker_raygen(args.model, args.dtype, reqs, args, prefix_caching=False)
     elif kind == "hf_single":
-        res = worker_hf_static(args.model, args.dtype, reqs, 1)
+        res = worker_hf_static(args.model, args.dtype, reqs, 1, args.device)
     elif kind.startswith("hf_static"):
-        res = worker_hf_static(args.model, args.dtype, reqs, int(kind.removeprefix("hf_static")))
+        res = worker_hf_static(args.model, args.dtype, reqs, int(kind.removeprefix("hf_static")), args.device)
     elif kind == "hf_cb":
-        res = worker_hf_cb(args.model, args.dtype, reqs)
+        res = worker_hf_cb(args.model, args.dtype, reqs, args.device)
     else:
         raise SystemExit(f"unknown worker {kind}")
     res["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -188,12 +232,14 @@ def run_worker(args) -> None:
 
 
 # -- driver -------------------------------------------------------------------------------------------
-def spawn(kind: str, model: str, dtype: str, reqs: list[dict], threads: int, tmp: Path) -> dict:
+def spawn(kind: str, model: str, dtype: str, reqs: list[dict], args, tmp: Path) -> dict:
     wl = tmp / f"wl-{kind}-{dtype}-{len(reqs)}-{reqs[-1]['arrival']:.3f}.json"
     wl.write_text(json.dumps(reqs))
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--model", model, "--dtype", dtype,
-                           "--workload", str(wl), "--threads", str(threads)], capture_output=True, text=True)
+                           "--workload", str(wl), "--threads", str(args.threads), "--device", args.device,
+                           "--kv-mib", str(args.kv_mib), "--max-seqs", str(args.max_seqs),
+                           "--max-batched-tokens", str(args.max_batched_tokens)], capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:
         tail = proc.stderr.strip().splitlines()[-3:]
@@ -225,42 +271,65 @@ def metrics(res: dict, reqs: list[dict]) -> dict:
             "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99), "peak_rss_mib": res["peak_rss"] / 2**20}
 
 
-def measure_rates(dtype: torch.dtype, threads: int) -> tuple[float, float]:
-    """(matmul FLOP/s at a large square GEMM, copy bandwidth in bytes/s counting read + write)."""
+def measure_rates(dtype: torch.dtype, threads: int, device: str = "cpu") -> tuple[float, float]:
+    """(matmul FLOP/s at a large square GEMM, copy bandwidth in bytes/s counting read + write). On a GPU:
+    an 8192² GEMM and a 1 GiB device-to-device copy, timed between synchronizations."""
     torch.set_num_threads(threads)
-    n = 2048
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    reps, t = 5, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    flops = 2 * n ** 3 * reps / (time.perf_counter() - t)
-    x = torch.empty(256 * 2**20, dtype=torch.uint8)
+    gpu = device.startswith("cuda")
+    n, size, reps = (8192, 2**30, 20) if gpu else (2048, 256 * 2**20, 5)
+
+    def timed(fn) -> float:
+        for _ in range(2):
+            fn()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        _sync(device)
+        return time.perf_counter() - t
+
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    flops = 2 * n ** 3 * reps / timed(lambda: a @ b)
+    x = torch.empty(size, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
-    y.copy_(x)
-    reps, t = 5, time.perf_counter()
-    for _ in range(reps):
-        y.copy_(x)
-    bw = 2 * x.numel() * reps / (time.perf_counter() - t)
+    bw = 2 * x.numel() * reps / timed(lambda: y.copy_(x))
     return flops, bw
 
 
-def roofline(steps: list[dict], dtype: torch.dtype, flops_rate: float, bw: float) -> float:
+def _step_cost(s: dict, m: dict, elem: int) -> tuple[float, float]:
+    """(FLOPs, bytes: weights + K/V read) of one recorded step."""
+    L, d, V = m["L"], m["d"], m["V"]
+    toks = sum(n for n, _ in s["tokens"])
+    attn_pairs = sum(n * (ctx - n) + n * (n + 1) // 2 for n, ctx in s["tokens"])  # causal (query, key) pairs
+    flops = 2 * L * m["layer_params"] * toks + 2 * d * V * s["sampled"] + 4 * L * d * attn_pairs
+    kv_read = sum(ctx for _, ctx in s["tokens"]) * L * 2 * m["kv_width"] * elem
+    return flops, (L * m["layer_params"] + V * d) * elem + kv_read
+
+
+def roofline(steps: list[dict], spec: dict, dtype: torch.dtype, flops_rate: float, bw: float) -> float:
     """Ideal seconds for the steps raygen ran: per step max(compute, memory), summed."""
-    L, d, V = MODEL["n_layer"], MODEL["n_embd"], MODEL["vocab_size"]
-    elem = torch.empty(0, dtype=dtype).element_size()
-    layer_params = 12 * d * d  # qkv 3d², out d², mlp 8d² (biases and norms are noise)
-    weight_bytes = (L * layer_params + V * d) * elem
-    kv_per_token = L * 2 * d * elem
+    m, elem = dims(spec), torch.empty(0, dtype=dtype).element_size()
     total = 0.0
     for s in steps:
-        toks = sum(n for n, _ in s["tokens"])
-        attn_pairs = sum(n * (ctx - n) + n * (n + 1) // 2 for n, ctx in s["tokens"])  # causal (query, key) pairs
-        flops = 2 * L * layer_params * toks + 2 * d * V * s["sampled"] + 4 * L * d * attn_pairs
-        kv_read = sum(ctx for _, ctx in s["tokens"]) * kv_per_token
-        total += max(flops / flops_rate, (weight_bytes + kv_read) / bw)
+        flops, nbytes = _step_cost(s, m, elem)
+        total += max(flops / flops_rate, nbytes / bw)
     return total
+
+
+def decode_bandwidth(steps: list[dict], spec: dict, dtype: torch.dtype) -> tuple[float, int]:
+    """(bytes/s over the steps that only decoded: weights + K/V read per step / step seconds, steps counted)."""
+    m, elem = dims(spec), torch.empty(0, dtype=dtype).element_size()
+    dec = [s for s in steps if s["tokens"] and all(n == 1 for n, _ in s["tokens"])]
+    seconds = sum(s["s"] for s in dec)
+    return (sum(_step_cost(s, m, elem)[1] for s in dec) / seconds if seconds else float("nan")), len(dec)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -308,52 +377,86 @@ def main() -> None:
     ap.add_argument("--prefix-requests", type=int, default=48)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--quick", action="store_true", help="short outputs (16-32 tokens) for a smoke run")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (every system runs there)")
+    ap.add_argument("--preset", default="gpt2-bench", choices=sorted(PRESETS), help="the model's shape")
+    ap.add_argument("--kv-mib", type=float, help="raygen's KV pool; default 768 on CPU, 8192 on a GPU")
+    ap.add_argument("--max-seqs", type=int, help="raygen's max_num_seqs; default 128 on CPU, 256 on a GPU")
+    ap.add_argument("--max-batched-tokens", type=int, help="raygen's tokens per step; default 1024 CPU, 2048 GPU")
+    ap.add_argument("--no-poisson", action="store_true", help="skip raygen's run at a Poisson rate")
+    ap.add_argument("--out", type=Path, default=OUT, help="where the JSON, Markdown and PNG go")
     ap.add_argument("--worker"), ap.add_argument("--model"), ap.add_argument("--dtype"), ap.add_argument("--workload")
     args = ap.parse_args()
+    kv, seqs, batched = SETTINGS["cuda" if args.device.startswith("cuda") else "cpu"]
+    args.kv_mib = args.kv_mib or kv
+    args.max_seqs = args.max_seqs or seqs
+    args.max_batched_tokens = args.max_batched_tokens or batched
     if args.worker:
         return run_worker(args)
 
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    spec = PRESETS[args.preset]
+    vocab = spec["vocab_size"]
     output = (16, 32) if args.quick else (64, 256)
-    reqs = make_workload(args.requests, None, seed=0, output=output)
+    reqs = make_workload(args.requests, None, seed=0, vocab=vocab, output=output)
     systems = args.systems.split(",")
     results: dict = {"requests": args.requests, "date": time.strftime("%Y-%m-%d"), "all_at_once": {}, "poisson": {},
-                     "prefix": {}, "roofline": {}, "roofline_tok_s": {}, "rates": {}, "threads": args.threads}
+                     "prefix": {}, "roofline": {}, "roofline_tok_s": {}, "rates": {}, "threads": args.threads,
+                     "device": args.device, "device_name": device_name(args.device), "output": list(output),
+                     "model": {"preset": args.preset, **spec, "params": dims(spec)["params"]},
+                     "engine": {"kv_mib": args.kv_mib, "max_num_seqs": args.max_seqs,
+                                "max_num_batched_tokens": args.max_batched_tokens},
+                     "decode_bw": {}, "vs_best_static": {}}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        model = tmp / "gpt2-6l-512"
-        make_model(model)
-        print(f"model {MODEL}; {args.requests} requests, outputs {output}; threads {args.threads}", flush=True)
+        model = tmp / args.preset
+        make_model(model, spec)
+        print(f"model {args.preset} {spec} ({dims(spec)['params'] / 1e6:.1f}M parameters); {args.requests} "
+              f"requests, outputs {output}; {results['device_name']}; threads {args.threads}", flush=True)
         for dtype in args.dtypes.split(","):
-            flops, bw = measure_rates(DTYPES[dtype], args.threads)
+            flops, bw = measure_rates(DTYPES[dtype], args.threads, args.device)
             results["rates"][dtype] = {"matmul_gflops": flops / 1e9, "copy_gbps": bw / 1e9}
-            print(f"[{dtype}] matmul {flops / 1e9:.0f} GFLOP/s, copy {bw / 1e9:.1f} GB/s", flush=True)
+            print(f"[{dtype}] matmul {flops / 1e9:.0f} GFLOP/s, copy {bw / 1e9:.1f} GB/s (peak, read + write)",
+                  flush=True)
             res = results["all_at_once"][dtype] = {}
             for kind in systems:
                 sub = reqs[:args.single_requests] if kind == "hf_single" else reqs
-                raw = spawn(kind, str(model), dtype, sub, args.threads, tmp)
+                raw = spawn(kind, str(model), dtype, sub, args, tmp)
                 res[kind] = raw if "error" in raw else metrics(raw, sub)
                 if kind == "raygen" and "error" not in raw:
-                    ideal = roofline(raw["steps"], DTYPES[dtype], flops, bw)
+                    ideal = roofline(raw["steps"], spec, DTYPES[dtype], flops, bw)
                     res[kind].update(max_running=raw["max_running"], preemptions=raw["preemptions"],
                                      kv_mib=raw["kv_bytes"] / 2**20)
                     results["roofline"][dtype] = ideal / raw["wall"]
                     results["roofline_tok_s"][dtype] = res[kind]["out_tokens"] / ideal
+                    dbw, n_dec = decode_bandwidth(raw["steps"], spec, DTYPES[dtype])
+                    results["decode_bw"][dtype] = {"gbps": dbw / 1e9, "of_peak": dbw / bw, "steps": n_dec}
+                    if args.no_poisson:
+                        continue
                     rate = args.rate or 0.5 * len(reqs) / raw["wall"]
-                    preqs = make_workload(args.requests, rate, seed=0, output=output)
-                    praw = spawn("raygen", str(model), dtype, preqs, args.threads, tmp)
+                    preqs = make_workload(args.requests, rate, seed=0, vocab=vocab, output=output)
+                    praw = spawn("raygen", str(model), dtype, preqs, args, tmp)
                     results["poisson"][dtype] = {"rate": rate, **(praw if "error" in praw else metrics(praw, preqs))}
+            statics = {k: m["tok_s"] for k, m in res.items() if k.startswith("hf_static") and "tok_s" in m}
+            if statics and "tok_s" in res.get("raygen", {}):
+                best = max(statics, key=statics.get)
+                results["vs_best_static"][dtype] = {"system": best, "tok_s": statics[best],
+                                                    "ratio": res["raygen"]["tok_s"] / statics[best]}
+            if args.prefix_requests <= 0:
+                continue
             rng = random.Random(1)
-            system = [rng.randrange(MODEL["vocab_size"]) for _ in range(512)]
-            pre = make_workload(args.prefix_requests, 2.0, seed=2, prompt=(8, 32), output=(16, 32), prefix=system)
+            system = [rng.randrange(vocab) for _ in range(512)]
+            pre = make_workload(args.prefix_requests, 2.0, seed=2, vocab=vocab, prompt=(8, 32), output=(16, 32),
+                                prefix=system)
             results["prefix"][dtype] = {
-                "cached": metrics(spawn("raygen", str(model), dtype, pre, args.threads, tmp), pre),
-                "uncached": metrics(spawn("raygen_nocache", str(model), dtype, pre, args.threads, tmp), pre)}
-    report(results)
+                "cached": metrics(spawn("raygen", str(model), dtype, pre, args, tmp), pre),
+                "uncached": metrics(spawn("raygen_nocache", str(model), dtype, pre, args, tmp), pre)}
+    report(results, args.out)
 
 
-def report(results: dict) -> None:
-    lines = [f"### Engine benchmark ({results['date']}, {results['requests']} requests, {results['threads']} threads)", ""]
+def report(results: dict, out: Path = OUT) -> None:
+    spec = results["model"]
+    lines = [f"### Engine benchmark ({results['date']}, {results['requests']} requests, {results['threads']} threads; "
+             f"{spec['preset']} on {results['device_name']})", ""]
     for dtype, res in results["all_at_once"].items():
         statics = [m["tok_s"] for k, m in res.items() if k.startswith("hf_static") and "tok_s" in m]
         best = max(statics) if statics else None
@@ -369,13 +472,18 @@ def report(results: dict) -> None:
             lines += fmt_table([(f"raygen, Poisson {p['rate']:.2f} req/s", p)], None)[2:]
         if "raygen" in res and "tok_s" in res["raygen"]:
             g = res["raygen"]
-            d, L, V, P = MODEL["n_embd"], MODEL["n_layer"], MODEL["vocab_size"], MODEL["n_positions"]
-            model_mib = (L * 12 * d * d + (V + P) * d) * torch.empty(0, dtype=DTYPES[dtype]).element_size() / 2**20
+            model_mib = spec["params"] * torch.empty(0, dtype=DTYPES[dtype]).element_size() / 2**20
             over = g["peak_rss_mib"] - g["kv_mib"] - model_mib
             lines += ["", f"raygen: {results['roofline'][dtype]:.0%} of roofline (ideal {results['roofline_tok_s'][dtype]:.0f} "
                       f"tok/s); up to {g['max_running']} sequences running; {g['preemptions']} preemptions; peak RSS "
                       f"{g['peak_rss_mib']:.0f} MiB = KV pool {g['kv_mib']:.0f} + model {model_mib:.0f} + overhead "
                       f"{over:.0f} MiB (interpreter, torch, transformers, activations)"]
+            if results["device"].startswith("cuda"):
+                lines[-1] = lines[-1].split("; peak RSS")[0] + f"; KV pool {g['kv_mib']:.0f} MiB, model {model_mib:.0f} MiB"
+            if dtype in results["decode_bw"]:
+                b = results["decode_bw"][dtype]
+                lines.append(f"decode steps ({b['steps']}): {b['gbps']:.1f} GB/s of weights + K/V read = "
+                             f"{b['of_peak']:.1%} of the measured copy bandwidth")
             if best:
                 lines.append(f"raygen / best static batch: **{g['tok_s'] / best:.2f}×**")
         if dtype in results["prefix"]:
@@ -385,11 +493,11 @@ def report(results: dict) -> None:
         lines.append("")
     text = "\n".join(lines)
     print("\n" + text)
-    (OUT / "engine_bench.md").write_text(text + "\n")
-    (OUT / "engine_bench.json").write_text(json.dumps(results, indent=1))
+    (out / "engine_bench.md").write_text(text + "\n")
+    (out / "engine_bench.json").write_text(json.dumps(results, indent=1))
     try:
-        plot(results, OUT / "engine_bench.png")
-        print(f"plot: {OUT / 'engine_bench.png'}")
+        plot(results, out / "engine_bench.png")
+        print(f"plot: {out / 'engine_bench.png'}")
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
 

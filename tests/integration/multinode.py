@@ -94,10 +94,19 @@ class LocalCluster:
                 f"--labels={_labels(labels)}", f"--resources={json.dumps(resources or {})}", *self._ports()]
         self._start(Node(name, args, self._node_env(name), self.root / f"{name}.log"))
 
-    def _start(self, node: Node) -> None:
+    def _start(self, node: Node, tries: int = 3) -> None:
+        """Start a node; again when it gives up (`ray start` allows its raylet 30 s to register, which a
+        loaded 2-core machine starting Python agents can exceed)."""
         self.nodes[node.name] = node
-        node.start()
-        self.wait_alive(node.name)
+        for attempt in range(tries):
+            node.start()
+            try:
+                self.wait_alive(node.name)
+                return
+            except RuntimeError:
+                node.kill()
+                if attempt == tries - 1:
+                    raise
 
     def restart(self, name: str) -> None:
         node = self.nodes[name]

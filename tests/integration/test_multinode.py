@@ -1,9 +1,10 @@
 """raygen on a cluster of three Ray nodes on this machine: a head (the HTTP side) and two worker nodes, a
 and b, started with `ray start` and telling themselves apart by labels. They share only S3 (moto on
 127.0.0.1) for data, runs and models; each node has its own raygen cache. One module, one cluster: data
-tasks run on both workers; 2 training workers run on 2 nodes, node b dies mid-run and the run resumes
-when it rejoins; 2 model replicas serve from 2 nodes, node b dies while clients stream, the survivor keeps
-serving and Serve brings the replica back when b returns."""
+tasks run on both workers; 2 training workers run on 2 nodes, a worker node among them dies mid-run and
+the run resumes from its last checkpoint on the nodes that remain; 2 model replicas serve from 2 nodes,
+node b dies while clients stream, the survivor keeps serving and Serve brings the replica back when b
+returns."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def cluster(ray_cluster, s3, tmp_path_factory):
     c = LocalCluster(root, dict(ray_cluster["env"]))
     ray.shutdown()
     try:
-        c.start_head(cpus=1, labels={"raygen.io/node": "head", "raygen.io/pool": "head"})
+        c.start_head(cpus=2, labels={"raygen.io/node": "head", "raygen.io/pool": "head"})
         for name in ("a", "b"):
             c.add_worker(name, cpus=1, labels={"raygen.io/node": name, **WORKER})
         ray.init(address=c.address)
@@ -108,46 +109,44 @@ def _workers_by_node(cluster) -> dict[str, str]:
 
 
 def test_training_on_two_nodes_survives_losing_one(cluster, tiny_config):
+    """STRICT_SPREAD: each worker on its own node (of three). A worker node hosting one dies after the second
+    checkpoint; the run resumes from S3 on the two nodes left. The node comes back for the serving test."""
     from raygen.storage import Location
     from raygen.train.trainer import train
 
     assert "base" in STATE, "needs the data of test_curation_tasks_run_on_both_worker_nodes"
     base = STATE["base"]
-    cfg = _cfg(tiny_config, base, train__num_workers=2, train__cpus_per_worker=1, train__zero_stage=2,
-               train__placement_strategy="STRICT_SPREAD", train__label_selector=WORKER, train__max_steps=30,
-               train__eval_every=5, train__log_every=1, train__max_failures=3, train__precision="fp32",
-               train__run_name="multinode")
+    cfg = _cfg(tiny_config, base, train__num_workers=2, train__cpus_per_worker=0.5, train__zero_stage=2,
+               train__placement_strategy="STRICT_SPREAD", train__max_steps=30, train__eval_every=5,
+               train__log_every=1, train__max_failures=3, train__precision="fp32", train__run_name="multinode")
     run_dir = Location(f"{base}/runs/multinode")
     seen: dict = {}
 
-    def kill_b_then_bring_it_back():
+    def kill_a_node_with_a_worker():
         try:
             deadline = time.time() + 300
             while time.time() < deadline and sum(p.name.startswith("checkpoint_") for p in run_dir.iterdir()) < 2:
                 time.sleep(0.2)
             seen["before"] = sorted(_workers_by_node(cluster).values())
-            cluster.kill("b")
+            seen["killed"] = "b" if "b" in seen["before"] else "a"
+            cluster.kill(seen["killed"])
             seen["killed_at"] = time.time()
-            cluster.wait_dead("b")
-            time.sleep(3)
-            cluster.restart("b")
-            seen["back_at"] = time.time()
+            cluster.wait_dead(seen["killed"])
+            seen["dead_at"] = time.time()
         except BaseException as exc:  # the assertion below shows it
             seen["error"] = repr(exc)
 
-    t = threading.Thread(target=kill_b_then_bring_it_back, daemon=True)
+    t = threading.Thread(target=kill_a_node_with_a_worker, daemon=True)
     t0 = time.time()
     t.start()
     outcome = train(cfg)
     wall = time.time() - t0
     t.join(timeout=120)
-    print(f"[multinode] train: {seen}, restarts {outcome.restarts}, resumed from {outcome.resumed_from}")
-    assert "error" not in seen, seen
-    assert seen.get("before") == ["a", "b"], seen  # one worker per worker node
-    assert "back_at" in seen, seen
-    after = sorted(_workers_by_node(cluster).values())
-    print(f"[multinode] train: {wall:.0f} s (node b down {seen['back_at'] - seen['killed_at']:.0f} s), "
-          f"workers on {seen['before']}, restarts {outcome.restarts}, resumed from {outcome.resumed_from}")
+    print(f"[multinode] train: {wall:.0f} s; {seen}; restarts {outcome.restarts}, resumed from "
+          f"{outcome.resumed_from}; workers at the end on {outcome.metrics.get('nodes')}")
+    assert "error" not in seen and "dead_at" in seen, seen
+    assert len(set(seen["before"])) == 2, seen  # two workers, two nodes
+    cluster.restart(seen["killed"])  # back for the serving test
     assert outcome.restarts >= 1 and outcome.metrics["step"] == 30
     losses = {h["step"]: h["loss"] for h in outcome.history if "loss" in h}
     assert sorted(losses) == list(range(1, 31))
@@ -155,7 +154,7 @@ def test_training_on_two_nodes_survives_losing_one(cluster, tiny_config):
     assert resumed_at % 5 == 0 and 5 <= resumed_at < 30
     first, at_ckpt, nxt = losses[1], losses[resumed_at], losses[resumed_at + 1]
     assert nxt < at_ckpt + 0.25 * (first - at_ckpt), (first, at_ckpt, nxt)  # continuous: no jump back
-    STATE.update(outcome=outcome, cfg=cfg, train_wall=wall, workers_after=after)
+    STATE.update(outcome=outcome, cfg=cfg, train_wall=wall, train_nodes=seen["before"])
 
 
 def _stream(url: str, seed: int) -> str:

@@ -3,9 +3,13 @@
 Random init uses a large initializer_range so that logits are spread out: with the default 0.02 the top
 two logits of a random model often differ by less than fp32 noise, and any two correct implementations
 could then disagree.
+
+The device is RAYGEN_TEST_DEVICE (default cpu): `RAYGEN_TEST_DEVICE=cuda pytest tests/unit/test_engine.py`
+runs the same comparisons on a GPU, both sides there (benchmarks/gpu_check.sh does).
 """
 
 import asyncio
+import os
 import random
 
 import pytest
@@ -17,6 +21,7 @@ from raygen.engine.models import UnsupportedModelError
 from raygen.engine.request import SamplingParams
 from raygen.engine.scheduler import PromptTooLongError
 
+DEVICE = os.environ.get("RAYGEN_TEST_DEVICE", "cpu")
 V = 500
 COMMON = dict(vocab_size=V, initializer_range=0.3, bos_token_id=None, eos_token_id=None, pad_token_id=None)
 CONFIGS = {
@@ -39,7 +44,7 @@ def models(tmp_path_factory):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(make()).eval()
         model.save_pretrained(root / name)
-        out[name] = (str(root / name), model)
+        out[name] = (str(root / name), model.to(DEVICE))
     return out
 
 
@@ -50,14 +55,20 @@ def workload(n, seed=1, prompt=(3, 60), output=(1, 40)):
 
 
 def hf_greedy(model, prompt, max_tokens):
+    ids = torch.tensor([prompt], device=model.device)
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             max_new_tokens=max_tokens, do_sample=False, pad_token_id=0)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
+                             pad_token_id=0)
     return out[0, len(prompt):].tolist()
 
 
 def engine(path, **kw):
-    return LLMEngine(EngineConfig(path, dtype=kw.pop("dtype", "float32"), **{"block_size": 4, **kw}))
+    # On a GPU an unset KV budget is 90% of free memory: a small pool keeps each test's engine cheap.
+    default_kv = {} if DEVICE == "cpu" else {"kv_cache_mib": 64}
+    eng = LLMEngine(EngineConfig(path, dtype=kw.pop("dtype", "float32"), device=DEVICE,
+                                 **{"block_size": 4, **default_kv, **kw}))
+    assert eng.runner.device.type == torch.device(DEVICE).type
+    return eng
 
 
 def greedy(eng, prompts, max_tokens):
@@ -92,9 +103,35 @@ def test_greedy_matches_on_the_torch_attention_path_too(models, monkeypatch):
     path, model = models["llama"]
     prompts, max_tokens = workload(12, seed=11)
     eng = engine(path, max_num_batched_tokens=64)
+    eng.step_log = []
     assert not eng.runner.pool.use_kernel
     assert greedy(eng, prompts, max_tokens) == [hf_greedy(model, p, m) for p, m in zip(prompts, max_tokens,
                                                                                          strict=True)]
+    assert max(len(r.tokens) for r in eng.step_log) >= 8  # many sequences decoding in the same steps
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bf16_greedy_is_close_to_transformers_in_bf16(models, family):
+    """bf16 against transformers in bf16 on the same device. Two correct bf16 implementations round
+    differently and their greedy paths may part, so vLLM's criterion: the tokens agree up to the first
+    difference, and there each side's token is among the other's top 5."""
+    path, _ = models[family]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(DEVICE).eval()
+    # Fewer on CPU: bf16 matmuls crawl on CPUs without AVX512-BF16 or AMX (this tier's 2-core VM among them).
+    prompts, max_tokens = workload(3 if DEVICE == "cpu" else 8, seed=12, output=(8, 24))
+    eng = engine(path, dtype="bfloat16", max_num_batched_tokens=48)
+    outs = [r[0] for r in eng.generate(prompts, [SamplingParams(max_tokens=m, temperature=0, logprobs=5)
+                                                 for m in max_tokens])]
+    for p, m, o in zip(prompts, max_tokens, outs, strict=True):
+        ids = torch.tensor([p], device=DEVICE)
+        with torch.inference_mode():
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=m, do_sample=False,
+                                 pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+        ref_ids = ref.sequences[0, len(p):].tolist()
+        i = next((i for i, (a, b) in enumerate(zip(o.token_ids, ref_ids, strict=True)) if a != b), None)
+        if i is not None:  # where they part, each side's token is among the other's top 5
+            assert ref_ids[i] in [t for t, _ in o.logprobs[i].top], (p, i)
+            assert o.token_ids[i] in ref.logits[i][0].float().topk(5).indices.tolist(), (p, i)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -175,7 +212,7 @@ def test_logprobs_match_the_models_distribution(models):
     prompt = workload(1, seed=8)[0][0]
     out = engine(path).generate([prompt], SamplingParams(max_tokens=1, temperature=0, logprobs=3))[0][0]
     with torch.inference_mode():
-        ref = model(torch.tensor([prompt])).logits[0, -1].log_softmax(-1)
+        ref = model(torch.tensor([prompt], device=DEVICE)).logits[0, -1].float().log_softmax(-1)
     lp = out.logprobs[0]
     top = ref.topk(3)
     assert lp.token_id == out.token_ids[0] == top.indices[0].item()
@@ -262,8 +299,11 @@ def test_async_stream_abort_and_stats(models):
 
 
 def test_stop_strings_end_the_output_exactly_before_the_stop_text(tmp_path):
-    from raygen.data.features import train_tokenizer
-    from raygen.data.sources import builtin_documents
+    try:
+        from raygen.data.features import train_tokenizer
+        from raygen.data.sources import builtin_documents
+    except ImportError as exc:  # the GPU image: no Ray, so no raygen.data
+        pytest.skip(f"raygen.data does not import here ({exc})")
 
     tok = train_tokenizer(iter(d["text"] for d in builtin_documents()[:40]), 600, str(tmp_path))
     torch.manual_seed(0)
@@ -303,7 +343,7 @@ def test_the_engine_imports_and_runs_without_ray(models):
 
 
 def test_outputs_carry_the_requests_engine_timestamps(models):
-    engine = LLMEngine(EngineConfig(str(models["gpt2"][0]), dtype="float32", kv_cache_mib=4))
+    engine = LLMEngine(EngineConfig(str(models["gpt2"][0]), dtype="float32", kv_cache_mib=4, device=DEVICE))
     engine.add_request("r", [1, 2, 3, 4], SamplingParams(max_tokens=5, temperature=0, n=2, ignore_eos=True))
     outs = []
     while engine.has_unfinished():
