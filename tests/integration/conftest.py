@@ -57,6 +57,9 @@ def ray_cluster(tmp_path_factory, s3):
                     "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={dash}", "--disable-usage-stats"],
                    check=True, env={**env, "RAY_ADDRESS": address}, capture_output=True, timeout=180)
+    # This process too: Ray's state API (list_actors...) looks the cluster up by RAY_ADDRESS, else takes the
+    # host's latest one, which may be another cluster's.
+    os.environ["RAY_ADDRESS"] = address
     try:
         ray.init(address=address)
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "env": env}

@@ -68,6 +68,7 @@ class LocalCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
     address: str = ""
     dashboard: str = ""
+    _saved_address: str | None = None
 
     def _ports(self) -> list[str]:
         return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
@@ -81,8 +82,12 @@ class LocalCluster:
         return {**self.env, **FAST_FAILURE, "RAYGEN_CACHE": str(cache), "RAY_ADDRESS": self.address}
 
     def start_head(self, cpus: int, labels: dict[str, str]) -> None:
+        """Start the head; from now until stop() it is this process's RAY_ADDRESS (Ray's state API goes by
+        RAY_ADDRESS even when given a dashboard address)."""
         port, dash = free_port(), free_port()
         self.address, self.dashboard = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+        self._saved_address = os.environ.get("RAY_ADDRESS")
+        os.environ["RAY_ADDRESS"] = self.address
         args = ["--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                 f"--labels={_labels(labels)}", "--disable-usage-stats", *self._ports()]
@@ -162,6 +167,10 @@ class LocalCluster:
     def stop(self) -> None:
         for name in reversed(list(self.nodes)):  # workers first, then the head
             self.nodes[name].stop()
+        if self._saved_address is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = self._saved_address
 
 
 def _labels(labels: dict[str, str]) -> str:

@@ -15,22 +15,25 @@ def main(home: str, mib: int, store_mib: int):
     src.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     letters = list("abcdefghijklmnopqrstuvwxyz")
-    words = np.array(["".join(rng.choice(letters, size=rng.integers(2, 9))) for _ in range(5000)])
-    per_file = 2000
+    # The work is per document (exact dedup's groups) and per token (packing), the memory per byte: so few,
+    # long documents (3,000 words, ~18 KB; ~4,800 of them, so exact dedup still shuffles over two partitions)
+    # and a tokenizer holding every word (one token per word, 4x fewer than a 512 vocabulary gives).
+    words = np.array(["".join(rng.choice(letters, size=rng.integers(2, 9))) for _ in range(1000)])
+    per_file = 200
     written, i = 0, 0
     while written < mib * 2**20:
         with open(src / f"part-{i:03d}.jsonl", "w") as f:
             for _ in range(per_file):
-                text = " ".join(words[rng.integers(0, len(words), size=300)])
+                text = " ".join(words[rng.integers(0, len(words), size=3000)])
                 f.write(json.dumps({"text": text}) + "\n")
                 written += len(text) + 12
         i += 1
     from raygen.data.features import train_tokenizer
 
-    train_tokenizer([" ".join(words[rng.integers(0, len(words), size=300)]) for _ in range(300)], 512,
+    train_tokenizer([" ".join(words[rng.integers(0, len(words), size=300)]) for _ in range(300)], 4096,
                     str(home / "tok"))
     cfg = load_config(None, [f"features.tokenizer={home / 'tok'}", f"data.output_dir={home}/data", f"data.paths=[{src}]", "data.builtin=false",
-                             "data.stages=[normalize,exact_dedup]", "data.labelers=[]", "features.vocab_size=512",
+                             "data.stages=[normalize,exact_dedup]", "data.labelers=[]", "features.vocab_size=4096",
                              "features.block_size=256", "features.pack_batch_docs=256"])
     ray.init(address="local", num_cpus=2, object_store_memory=store_mib * 2**20, include_dashboard=False)
     # Warm-up on a small corpus: imports and Ray Data's machinery count once, so the big run's peak above

@@ -37,7 +37,7 @@ def cluster(ray_cluster, s3, tmp_path_factory):
         c.start_head(cpus=2, labels={"raygen.io/node": "head", "raygen.io/pool": "head"})
         for name in ("a", "b"):
             c.add_worker(name, cpus=1, labels={"raygen.io/node": name, **WORKER})
-        ray.init(address=c.address)
+        ray.init(address=c.address)  # c made itself RAY_ADDRESS: the state API's calls go there too
         yield c
     finally:
         try:
@@ -47,7 +47,7 @@ def cluster(ray_cluster, s3, tmp_path_factory):
         except Exception:
             pass
         ray.shutdown()
-        c.stop()
+        c.stop()  # RAY_ADDRESS back to the session's cluster
         ray.init(address=ray_cluster["address"])
 
 
@@ -74,7 +74,7 @@ def _tasks_per_node(cluster, job_id: str) -> Counter:
 def test_curation_tasks_run_on_both_worker_nodes(cluster, tiny_config, s3, tmp_path):
     import ray
 
-    from raygen.data.pipeline import prepare_data
+    from raygen.data.pipeline import load_stats, prepare_data
     from raygen.storage import Location
 
     from pydoc_data.topics import topics
@@ -95,7 +95,13 @@ def test_curation_tasks_run_on_both_worker_nodes(cluster, tiny_config, s3, tmp_p
     per_node = _tasks_per_node(cluster, ray.get_runtime_context().get_job_id())
     print(f"[multinode] data: {wall:.0f} s, {stats.num_documents} documents; tasks per node {dict(per_node)}")
     assert per_node["a"] > 0 and per_node["b"] > 0, per_node
-    assert stats.num_train_blocks > 0 and stats.features_dir.startswith(f"{base}/data/")
+    # Everything it wrote is in S3: documents, manifest, quarantine, features, the card and the commit.
+    assert stats.num_train_blocks > 0 and stats.features_dir.startswith(f"{base}/data/features/")
+    written = {rel.split("/")[0] for rel, _ in Location(f"{base}/data").files()}
+    assert {"docs", "manifest", "quarantine", "features", "stats.json", "runs.json", "card.json", "card.md",
+            "card_lengths.png"} <= written, written
+    assert load_stats(f"{base}/data").dataset_version == stats.dataset_version
+    assert {"bad_json", "no_text_field", "undecodable", "empty_file"} <= set(stats.dropped), stats.dropped
     STATE.update(base=base, data_wall=wall, data_tasks=dict(per_node))
 
 
@@ -192,12 +198,15 @@ def _wait(pred, timeout: float, what: str):
 
 
 def test_serving_from_two_nodes_survives_losing_one(cluster):
+    from raygen.registry import Registry
     from raygen.serve import app
     from raygen.workflow import register, wait_ready
 
     assert "outcome" in STATE, "needs the model of test_training_on_two_nodes_survives_losing_one"
     cfg = STATE["cfg"].model_copy(deep=True)
     version = register(cfg, STATE["outcome"])
+    reg = Registry(cfg.registry.root)
+    assert reg.aliases(cfg.registry.name) == {"latest": version} and reg.card(cfg.registry.name)["restarts"] >= 1
     s = cfg.serve
     s.port, s.version = free_port(), version
     s.llm_replicas, s.llm_num_cpus, s.llm_max_replicas_per_node = 2, 0.5, 1

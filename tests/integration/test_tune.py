@@ -18,13 +18,16 @@ def test_four_trials_asha_stops_one_early_and_the_best_is_exported(trained, tiny
     from raygen.train.tune import tune_run
 
     raw = tiny_config.model_dump()
-    raw["train"] |= {"max_steps": 20, "eval_every": 5, "log_every": 5, "warmup_steps": 2, "precision": "fp32",
-                     "storage_path": str(tmp_path / "runs")}
+    # One worker a trial, one trial at a time: what is tested is Tune over training runs, not the runs' data
+    # parallelism (test_train.py); half the processes to start per trial, and two concurrent trials on 2 cores
+    # only slowed each other down.
+    raw["train"] |= {"max_steps": 10, "eval_every": 5, "log_every": 5, "warmup_steps": 2, "precision": "fp32",
+                     "num_workers": 1, "storage_path": str(tmp_path / "runs")}
     raw["registry"] |= {"root": str(tmp_path / "models"), "name": "tuned"}
-    # Two learning rates that learn and two that barely move: at the first rung (step 5) a slow one trails
-    # what has reported there, and ASHA (keep the best half) stops it.
+    # Two learning rates that learn and two that barely move: at the one rung (step 5; ASHA's max_t is 10) a
+    # slow one trails what has reported there, and ASHA (keep the best half) stops it.
     raw["tune"] = {"name": "t", "search": "grid", "space": {"train.lr": {"grid": [8e-3, 5e-3, 1e-5, 2e-5]}},
-                   "asha": {"grace_evals": 1, "reduction_factor": 2}}
+                   "asha": {"grace_evals": 1, "reduction_factor": 2}, "max_concurrent_trials": 1}
     cfg = validate_config(raw, "test")
     out = tune_run(cfg)
     rows = {r["train.lr"]: r for r in out["table"]}

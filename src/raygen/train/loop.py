@@ -1,11 +1,13 @@
 """The per-worker training loop: DeepSpeed ZeRO over a Ray Train worker group, data from Ray Data shards.
 
 Runs inside `TorchTrainer`; Ray Train has already set up torch.distributed (gloo on CPU, nccl on GPU),
-which DeepSpeed adopts. A torch AdamW is handed to DeepSpeed so no fused CUDA/CPU Adam op is built.
+which DeepSpeed adopts. A torch AdamW is handed to DeepSpeed so no fused CUDA/CPU Adam op is built, and on
+CPU DeepSpeed's shared-memory all-reduce op (inference only) is not built either.
 
 One optimizer step = accum_steps micro-batches on every worker. Every log_every steps rank 0 prints a
 progress line (loss, lr, grad norm, tokens/s, MFU); every eval_every steps (and at the end) all ranks
-compute the val loss and report it to Ray Train, with a DeepSpeed checkpoint every checkpoint_every steps.
+compute the val loss (their val shard read once, then kept when small) and report it to Ray Train, with a
+DeepSpeed checkpoint every checkpoint_every steps.
 Reports are a barrier through Ray Train's controller, so they happen only at evals. A checkpoint holds
 the sharded DeepSpeed state (deepspeed/), the step history (history.json) and, at the end, the consolidated
 Hugging Face model (hf/). A restarted worker group resumes from the latest checkpoint: weights, optimizer,
@@ -46,21 +48,44 @@ def _all_reduce(values: list[float], device, op: str = "mean") -> list[float]:
     return (t / dist.get_world_size() if op == "mean" else t).tolist()
 
 
-def _val_loss(engine, shard, batch_size: int, device, autocast) -> float:
-    """Token-weighted mean loss over the val split (each worker its shard), reduced across workers."""
+VAL_CACHE_BYTES = 64 * 2**20  # per worker: the val shard is kept in memory after the first eval up to this
+
+
+def _val_loss(run: _Run, batch_size: int) -> float:
+    """Token-weighted mean loss over the val split (each worker its shard), reduced across workers.
+
+    The first eval reads the shard through Ray Data; when every worker's shard fits in VAL_CACHE_BYTES the
+    workers keep it, and later evals reuse it: each new pass over a Ray Data shard is a new execution of
+    its read (5-10 s on 2 busy cores, for a split of a few hundred KB). Agreed across workers, since a pass
+    over a streaming split waits for every worker."""
     import torch
     import torch.distributed as dist
 
+    engine, device = run.engine, run.device
     engine.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss × predictions, predictions)
+    # (sum of loss × predictions, predictions, workers whose shard did not fit)
+    total = torch.zeros(3, dtype=torch.float64, device=device)
+    if run.val_cache is not None:
+        batches, keep = iter(run.val_cache), None
+    else:
+        batches = (b["input_ids"] for b in run.val_shard.iter_torch_batches(
+            batch_size=batch_size, dtypes=torch.long, device=device))
+        keep = [] if run.val_cacheable else None
+    kept_bytes = 0
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.long, device=device):
-            ids = batch["input_ids"]  # (B, T)
+        for ids in batches:  # (B, T)
             n = ids.shape[0] * (ids.shape[1] - 1)  # HF shifts labels: T-1 predictions per row
-            with autocast():
+            with run.autocast():
                 total[0] += engine(input_ids=ids, labels=ids).loss.double() * n
             total[1] += n
+            if keep is not None:
+                keep.append(ids)
+                kept_bytes += ids.numel() * ids.element_size()
+                if kept_bytes > VAL_CACHE_BYTES:
+                    keep, total[2] = None, 1
     dist.all_reduce(total)
+    if run.val_cache is None and run.val_cacheable:
+        run.val_cache, run.val_cacheable = (keep, True) if total[2] == 0 else (None, False)
     engine.train()
     return (total[0] / total[1]).item() if total[1] > 0 else float("nan")
 
@@ -114,6 +139,8 @@ class _Run:
     history: list = field(default_factory=list)
     resumed_from: list = field(default_factory=list)  # the step of every resume
     val_shard: Any = None
+    val_cache: list | None = None  # the val shard's batches, once read (see _val_loss)
+    val_cacheable: bool = True  # false once a worker's shard did not fit in VAL_CACHE_BYTES
     mark: tuple[int, float] = (0, 0.0)  # (step, time) of the last progress line: throughput between lines
     loss_sum: Any = None  # this rank's micro-batch losses since the last progress line (a tensor)
     micro: int = 0  # micro-batches in loss_sum
@@ -155,7 +182,7 @@ def _setup(w, ctx) -> _Run:
     """Device and threads, the model, the precision and the measured peak, the DeepSpeed engine."""
     import torch
 
-    from raygen.train.flops import flops_per_token, measure_matmul_peak
+    from raygen.train.flops import flops_per_token
     from raygen.train.model import model_from, num_params
 
     tc = w.train
@@ -173,7 +200,7 @@ def _setup(w, ctx) -> _Run:
     model = model_from(w.hf_config, w.pretrained)
     run = _Run(tc, ctx, device, _precision(tc.precision, device))
     dtype = torch.float32 if run.precision == "fp32" else torch.bfloat16
-    run.peak = _all_reduce([measure_matmul_peak(dtype, device)], device, op="sum")[0]  # FLOP/s of all workers
+    run.peak = _all_reduce([_matmul_peak(dtype, device)], device, op="sum")[0]  # FLOP/s of all workers
     run.fpt, n_params = flops_per_token(model, w.block_size), num_params(model)  # before ZeRO-3 partitions it
     run.tokens_per_step = tc.micro_batch_size * tc.accum_steps * w.block_size * ctx.get_world_size()
     run.engine, run.scheduler = _deepspeed(model, tc, run.precision, use_gpu)
@@ -193,23 +220,45 @@ def _precision(asked: str, device) -> str:
     rank measures with its own threads at the same time (as they will train); the reduction makes all agree."""
     import torch
 
-    from raygen.train.flops import measure_matmul_peak
-
     if asked != "auto":
         return asked
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    fp32, bf16 = _all_reduce([measure_matmul_peak(torch.float32, device, 1024),
-                              measure_matmul_peak(torch.bfloat16, device, 1024)], device)
+    fp32, bf16 = _all_reduce([_matmul_peak(torch.float32, device, 1024),
+                              _matmul_peak(torch.bfloat16, device, 1024)], device)
     return "bf16" if bf16 >= 1.3 * fp32 else "fp32"
+
+
+def _matmul_peak(dtype, device, max_size: int = 2048, budget_s: float = 1.0) -> float:
+    """The measured matmul peak (flops.measure_matmul_peak), at the largest square size up to max_size whose
+    one matmul the previous size predicts to take at most budget_s: 256, then doubling. A CPU without native
+    bf16 (no AVX512-BF16 or AMX) multiplies bf16 at ~1 GFLOP/s a core, 50x slower than fp32; a fixed 2048
+    (4 matmuls of 17 GFLOP) held every bf16 run on 2 busy cores in setup for 7-8 minutes. Fast devices
+    still reach max_size."""
+    from raygen.train.flops import measure_matmul_peak
+
+    size, peak = 256, measure_matmul_peak(dtype, device, 256)
+    while size < max_size and 2.0 * (2 * size) ** 3 / peak <= budget_s:
+        size *= 2
+        peak = max(peak, measure_matmul_peak(dtype, device, size))
+    return peak
 
 
 def _deepspeed(model, tc, precision: str, use_gpu: bool):
     """(DeepSpeed engine, lr scheduler): a torch AdamW (no fused op to build), decay on matrices only."""
     import deepspeed
+    import deepspeed.ops
     import torch
 
     from raygen.train.schedule import lr_factor
+
+    if not use_gpu:
+        # DeepSpeed's CPU comm backend JIT-compiles its shared-memory all-reduce op (deepspeed_shm_comm, C++
+        # through ninja into ~/.cache/torch_extensions) in every initialize: 1-2 minutes on 2 cores when the
+        # cache is cold or was last built by another ninja version. Only inference_all_reduce (tensor-parallel
+        # inference) uses it; training reduces through torch.distributed (gloo). DeepSpeed builds it only
+        # when its table of compatible ops says so, a dict it keeps for edits like this one.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and norm gains
@@ -336,7 +385,7 @@ def _evaluate_and_report(run: _Run, metrics: dict) -> None:
     import ray.train
 
     tc, step = run.tc, run.step
-    metrics["val_loss"] = _val_loss(run.engine, run.val_shard, tc.micro_batch_size, run.device, run.autocast)
+    metrics["val_loss"] = _val_loss(run, tc.micro_batch_size)
     metrics["val_ppl"] = math.exp(metrics["val_loss"]) if metrics["val_loss"] < 50 else float("inf")
     run.history.append({"step": step, "val_loss": metrics["val_loss"]})
     if run.rank == 0:
