@@ -78,6 +78,10 @@ class Location:
     def __str__(self) -> str:
         return self.uri
 
+    def __fspath__(self) -> str:
+        """A local Location is a path (open(), Path(), from_pretrained() take it); a remote one raises."""
+        return str(self.local_path)
+
     def __repr__(self) -> str:
         return f"Location({self.uri!r})"
 

@@ -244,7 +244,7 @@ def test_chat_refuses_tools_and_json_mode_by_name_and_honours_logit_bias(server,
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=60)
         assert e.value.code == 400 and json.loads(e.value.read())["error"]["param"] == param
-    _, model_dir = Registry(tiny_config.registry.root).resolve(tiny_config.registry.name, "latest")
+    model_dir = Registry(tiny_config.registry.root).local_dir(tiny_config.registry.name, "latest")
     forced = AutoTokenizer.from_pretrained(model_dir).decode([300])
     status, _, body = _post(server, {"prompt": [5, 6, 7], "max_tokens": 3, "temperature": 0.9, "seed": 3,
                                      "logit_bias": {"300": 100}})

@@ -1,3 +1,4 @@
+import os
 import uuid
 
 import pytest
@@ -47,6 +48,9 @@ def test_uris_and_paths():
     assert Location("s3://bucket/a/").uri == "s3://bucket/a" and Location("s3://bucket/a/b").name == "b"
     with pytest.raises(StorageError, match="not on a local disk"):
         _ = Location("s3://bucket/a").local_path
+    assert os.fspath(Location("/tmp/x")) == "/tmp/x"
+    with pytest.raises(StorageError, match="not on a local disk"):
+        os.fspath(Location("s3://bucket/a"))
     with pytest.raises(StorageError, match="cannot open nosuch://x"):
         Location("nosuch://x").exists()
 
