@@ -78,7 +78,8 @@ def test_data_drop_fault_fires_to_a_webhook_and_resolves(trained, tiny_config, t
     raw = tiny_config.model_dump()
     raw["data"] |= {"builtin": False, "paths": [str(junk)], "output_dir": str(tmp_path / "data"),
                     "stages": ["normalize", "quality"], "labelers": []}
-    raw["features"] |= {"vocab_size": 300, "block_size": 16}
+    # The session's tokenizer: the fault is in the documents, and training one here is 10 s of nothing tested.
+    raw["features"] |= {"tokenizer": str(trained[0].tokenizer_dir()), "block_size": 16}
     stats = prepare_data(validate_config(raw, "test"))
     assert sum(stats.dropped.values()) >= 30 and stats.num_documents <= 6
     fired, deadline = [], time.time() + 90

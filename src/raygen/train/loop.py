@@ -253,12 +253,14 @@ def _deepspeed(model, tc, precision: str, use_gpu: bool):
     from raygen.train.schedule import lr_factor
 
     if not use_gpu:
-        # DeepSpeed's CPU comm backend JIT-compiles its shared-memory all-reduce op (deepspeed_shm_comm, C++
-        # through ninja into ~/.cache/torch_extensions) in every initialize: 1-2 minutes on 2 cores when the
-        # cache is cold or was last built by another ninja version. Only inference_all_reduce (tensor-parallel
-        # inference) uses it; training reduces through torch.distributed (gloo). DeepSpeed builds it only
-        # when its table of compatible ops says so, a dict it keeps for edits like this one.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        # DeepSpeed's CPU comm backend JIT-builds its shared-memory all-reduce op (deepspeed_shm_comm: C++
+        # through ninja, cached in ~/.cache/torch_extensions) in initialize: 1-2 minutes on 2 cores on a fresh
+        # node, and again whenever the last build was by another ninja (pip's and the system's hash command
+        # lines differently). Only inference_all_reduce (tensor-parallel inference) uses it; training reduces
+        # through torch.distributed (gloo). DeepSpeed builds it only when its table of compatible ops says so.
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and norm gains
