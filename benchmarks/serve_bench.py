@@ -190,8 +190,10 @@ def summarize(run: dict, reqs: list[dict]) -> dict:
 
 
 # -- the systems under test ------------------------------------------------------------------------------
-def peer_apps(model_dir: str):
-    """The two peers as Serve applications (defined here: they are the baseline, not raygen code)."""
+def peer_apps(model_dir: str, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.05, static: bool = False):
+    """The two peers as Serve applications (defined here: they are the baseline, not raygen code).
+    `max_batch_size`/`batch_wait_timeout_s`: the `@serve.batch` peer's settings; `static`: generate with
+    transformers' static KV cache (`cache_implementation="static"`), as a tuned deployment would."""
     from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
     from ray import serve
@@ -239,9 +241,10 @@ def peer_apps(model_dir: str):
         for i, p in enumerate(rows):  # left padding
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
+        extra = {"cache_implementation": "static"} if static else {}
         with torch.inference_mode():
             model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                           pad_token_id=0, streamer=streamer)
+                           pad_token_id=0, streamer=streamer, **extra)
 
     @serve.deployment(max_ongoing_requests=1024)
     @serve.ingress(api)
@@ -271,7 +274,7 @@ def peer_apps(model_dir: str):
         def __init__(self):
             self.model, self.tok = load(os.cpu_count() or 1)
 
-        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
         async def generate(self, reqs: list[tuple[list[int], int]]):
             loop, queue = asyncio.get_running_loop(), asyncio.Queue()
             new = max(n for _, n in reqs)

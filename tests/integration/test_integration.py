@@ -158,6 +158,24 @@ def test_streaming_sse_ends_with_done(server):
     assert len(chunks) >= 3  # text arrived in more than one piece
 
 
+def test_continuous_usage_stats_count_the_tokens_of_every_chunk(server):
+    """vLLM's stream option: each chunk carries the usage so far, so a client can tell how many tokens a
+    chunk that merged several engine steps holds (what a load generator's per-token latency needs)."""
+    n = 20
+    body = json.dumps({"prompt": "A class", "max_tokens": n, "ignore_eos": True, "stream": True,
+                       "stream_options": {"include_usage": True, "continuous_usage_stats": True}}).encode()
+    req = urllib.request.Request(f"{server}/v1/completions", data=body, headers={"Content-Type": "application/json",
+                                                                                 "Cache-Control": "no-cache"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        events = [line[len("data: "):] for line in r.read().decode().splitlines() if line.startswith("data: ")]
+    chunks = [json.loads(e) for e in events[:-1]]
+    counts = [c["usage"]["completion_tokens"] for c in chunks if c["choices"]]
+    assert counts == sorted(counts) and counts[0] >= 1 and counts[-1] == n, counts
+    assert all(c["usage"]["total_tokens"] == c["usage"]["prompt_tokens"] + c["usage"]["completion_tokens"]
+               for c in chunks)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == n
+
+
 def test_served_greedy_matches_transformers_and_n_logprobs_stop_work(server, tiny_config):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

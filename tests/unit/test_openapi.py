@@ -70,5 +70,7 @@ def test_what_the_server_sends_validates_against_the_documented_models(with_logp
             chunk_model.model_validate(chunk)
         for chunk in fmt.replay(kind, body, "id-2", include_usage=True):
             chunk_model.model_validate(chunk)
+        for chunk in fmt.replay(kind, body, "id-2", include_usage=False, continuous=True):
+            assert chunk_model.model_validate(chunk).usage.total_tokens == body["usage"]["total_tokens"]
     schema.ErrorResponse.model_validate(RequestError("bad seed", param="seed", code="x").to_body())
     schema.ErrorResponse.model_validate(unavailable("busy").to_body())

@@ -51,6 +51,8 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
     ("text", {"response_format": {"type": "json_object"}}, "response_format"),
     ("text", {"guided_json": {"type": "object"}}, "guided_json"),
     ("text", {"stream_options": {"include_usage": True}}, "stream_options"),
+    ("text", {"stream": True, "stream_options": {"include_usage": True, "usage_every": 2}},
+     "stream_options.usage_every"),
     ("text", {"seed": 2**64}, "seed"),
     ("text", {"seed": -(2**63) - 1}, "seed"),
     ("text", {"logit_bias": {"x": 1}}, "logit_bias"),

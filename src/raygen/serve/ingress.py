@@ -463,10 +463,11 @@ class Ingress(SpanSource):
                    **(extra or {})}
         if not req.stream:
             return JSONResponse({**hit, "id": request_id}, headers=headers)
-        include = bool(req.stream_options and req.stream_options.include_usage)
+        opts = req.stream_options
 
         async def events():
-            for c in fmt.replay(kind, hit, request_id, include):
+            for c in fmt.replay(kind, hit, request_id, bool(opts and opts.include_usage),
+                                bool(opts and opts.continuous_usage_stats)):
                 yield f"data: {json.dumps(c)}\n\n"
             yield "data: [DONE]\n\n"
 
@@ -492,6 +493,8 @@ class Ingress(SpanSource):
                    obs: RequestObserver, version: str):
         choices: dict[int, list[Delta]] = {}
         offsets: dict[int, int] = {}
+        generated: dict[int, int] = {}  # tokens so far per choice, for continuous_usage_stats
+        continuous = bool(req.stream_options and req.stream_options.continuous_usage_stats)
         done, err = False, None
         try:
             async for d in _chain(first, deltas):
@@ -501,7 +504,11 @@ class Ingress(SpanSource):
                 c = fmt.choice(kind, d.index, [d], stream=True, first=first_of_choice, offset=offsets.get(d.index, 0))
                 if c.get("logprobs") and kind == "text":
                     offsets[d.index] = offsets.get(d.index, 0) + sum(len(t) for t in c["logprobs"]["tokens"])
-                yield f"data: {json.dumps(fmt.envelope(kind, request_id, self.model_name, version, [c], True))}\n\n"
+                chunk = fmt.envelope(kind, request_id, self.model_name, version, [c], True)
+                if continuous:
+                    generated[d.index] = d.completion_tokens
+                    chunk["usage"] = fmt.running_usage(d.prompt_tokens, sum(generated.values()), d.cached_tokens)
+                yield f"data: {json.dumps(chunk)}\n\n"
             done = True
         except Exception as exc:  # the stream already started: report in-band, as OpenAI does
             err = self._as_error(exc)

@@ -57,6 +57,12 @@ def usage(last: list[Delta]) -> dict:
             "prompt_tokens_details": {"cached_tokens": last[0].cached_tokens if last else 0}}
 
 
+def running_usage(prompt: int, completion: int, cached: int) -> dict:
+    """The usage so far, in vLLM's continuous_usage_stats chunks."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
 def whole(kind: str, request_id: str, model: str, version: str, choices: dict[int, list[Delta]]) -> dict:
     body = envelope(kind, request_id, model, version,
                     [choice(kind, i, ds, stream=False) for i, ds in sorted(choices.items())], stream=False)
@@ -64,8 +70,10 @@ def whole(kind: str, request_id: str, model: str, version: str, choices: dict[in
     return body
 
 
-def replay(kind: str, body: dict, request_id: str, include_usage: bool) -> list[dict]:
-    """A cached whole response as the chunks a stream of it would have carried."""
+def replay(kind: str, body: dict, request_id: str, include_usage: bool, continuous: bool = False) -> list[dict]:
+    """A cached whole response as the chunks a stream of it would have carried (one per choice, all its
+    tokens at once). With `continuous` every chunk carries the whole usage: the hit is sent in one write,
+    and the body does not keep per-choice counts."""
     chunks = []
     for c in body["choices"]:
         text = c["text"] if kind == "text" else c["message"]["content"]
@@ -76,6 +84,8 @@ def replay(kind: str, body: dict, request_id: str, include_usage: bool) -> list[
             part["delta"] = {"role": "assistant", "content": text}
         chunks.append({**body, "id": request_id, "object": OBJECT[kind][True], "choices": [part]})
         chunks[-1].pop("usage", None)
+        if continuous:
+            chunks[-1]["usage"] = dict(body["usage"])
     if include_usage:
         chunks.append({**body, "id": request_id, "object": OBJECT[kind][True], "choices": []})
     return chunks

@@ -13,8 +13,13 @@ from raygen.errors import RequestError
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """OpenAI's include_usage (a last chunk with the usage) and vLLM's continuous_usage_stats (every chunk
+    carries the usage so far: how a load generator counts the tokens of a chunk that merged several steps).
+    An option raygen does not know is refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    continuous_usage_stats: bool = False
 
 
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's seed is a signed 64-bit integer
