@@ -13,7 +13,8 @@ Conversion runs llama.cpp's own `convert_hf_to_gguf.py` (from the same tree) wit
 raygen or random-init model needs: GPT-2 configs written by transformers 5 carry `n_positions` but the
 converter reads `n_ctx`, so a copy of config.json gets both; and the converter identifies a BPE
 pre-tokenizer by hashing its output on a test string, which raygen's own BPE tokenizer does not match, so
-it is declared GPT-2's (byte-level BPE, the same family). The benchmark sends token-id prompts to every
+it is declared GPT-2's (byte-level BPE, the same family); a Llama-shaped model with that tokenizer goes
+straight to the BPE vocabulary (the converter would try sentencepiece first). The benchmark sends token-id prompts to every
 server, so no tokenizer difference can change the work.
 """
 
@@ -95,6 +96,8 @@ sys.argv = ["convert_hf_to_gguf.py", *{argv!r}]
 sys.path.insert(0, {tree!r})
 import conversion.base as base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"  # byte-level BPE, as raygen's tokenizer
+import conversion.llama as llama  # a Llama shape with a BPE tokenizer.json: no sentencepiece model to try
+llama.LlamaModel.set_vocab = lambda self: self._set_vocab_gpt2()
 import runpy
 runpy.run_path({script!r}, run_name="__main__")
 """
@@ -129,14 +132,16 @@ def convert(model_dir: str | Path, out: str | Path, outtype: str = "f32") -> Pat
 
 class Server:
     """llama-server on 127.0.0.1 with continuous batching: `parallel` slots, each with `ctx_per_slot` tokens
-    of KV cache (one unified pool of parallel * ctx_per_slot), `threads` for decode and prompt batches."""
+    of KV cache (llama.cpp's default split KV: one stream per slot; `--kv-unified` makes every token attend
+    over the whole pool's cells, masked, which made concurrency 64 2x slower here), `threads` for decode and
+    prompt batches."""
 
     def __init__(self, gguf: str | Path, port: int, parallel: int, ctx_per_slot: int, threads: int | None = None,
                  batch: int = 2048, log: Path | None = None):
         threads = threads or os.cpu_count() or 1
         self.url = f"http://127.0.0.1:{port}"
         self.args = [str(build()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-                     "-np", str(parallel), "-c", str(parallel * ctx_per_slot), "--kv-unified", "-cb",
+                     "-np", str(parallel), "-c", str(parallel * ctx_per_slot), "-cb",
                      "-t", str(threads), "-tb", str(threads), "-b", str(batch), "-ub", str(min(batch, 512)),
                      "--no-webui", "--metrics"]
         self.log = log

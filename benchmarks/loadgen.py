@@ -87,8 +87,10 @@ async def run(url: str, reqs: list[dict], concurrency: int | None = None, rate: 
 
     headers = {"Cache-Control": "no-cache", **(headers or {})}  # measure generation, not a response cache
     results: list[dict] = [{} for _ in reqs]
+    # A new connection per request, for every server alike: llama.cpp's server closes idle keep-alive
+    # connections, and a request written to one fails before the server sees it.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600),
-                                     connector=aiohttp.TCPConnector(limit=0)) as session:
+                                     connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
         t0 = time.perf_counter()
         if concurrency:
             todo = iter(range(len(reqs)))

@@ -10,7 +10,7 @@ Systems, each alone on the machine while it is measured, each warmed up with the
              on raygen's engine), one model replica, all cores for torch
   llamacpp   llama.cpp's OpenAI-compatible server (benchmarks/llamacpp.py), the same weights converted to
              GGUF (f32 for float32, bf16 for bfloat16), continuous batching with --parallel = the
-             concurrency (the Poisson runs: the largest concurrency), threads = cores, one unified KV pool
+             concurrency (the Poisson runs: the largest concurrency), threads = cores, a KV stream per slot
   batch      Ray Serve + `@serve.batch` tuned: max_batch_size 64, transformers `generate` with the static
              KV cache, batch_wait_timeout_s picked by a short sweep at concurrency 64 (the full run)
 Models (random init, a BPE tokenizer trained on the demo corpus): GPT-2 6 layers x 512 (1k context) for the
@@ -71,12 +71,13 @@ def make_models(work: Path) -> dict[str, Path]:
     return out
 
 
-def raygen_config(work: Path, name: str, dtype: str):
+def raygen_config(work: Path, name: str, dtype: str, overrides: list[str]):
     from raygen.config import load_config
 
     return load_config(None, [f"registry.root={work / 'models'}", f"registry.name={name}",
                               "serve.max_tokens_limit=4096", "serve.rate_limit.enabled=false",
-                              f"serve.engine.dtype={dtype}", *[f"serve.engine.{k}={v}" for k, v in ENGINE.items()]])
+                              f"serve.engine.dtype={dtype}", *[f"serve.engine.{k}={v}" for k, v in ENGINE.items()],
+                              *overrides])
 
 
 def _levels(wl: str, quick: bool) -> tuple[list[int], list[float]]:
@@ -94,12 +95,14 @@ def _n(level: int, quick: bool) -> int:
 
 
 def sweep(system: str, url_for, wl: str, quick: bool, model: str) -> dict:
-    """One system through one workload's levels: url_for(parallel) yields a ready server's URL (a context)."""
+    """One system through one workload's levels: url_for(parallel) is a context that yields a ready server
+    (with .url), started for that many parallel requests where the server needs to know."""
     levels, rates = _levels(wl, quick)
     out = {}
     plan = [(f"c{c}", c, None) for c in levels] + [(f"poisson{r:g}", None, r) for r in rates]
     for k, (label, conc, rate) in enumerate(plan):
-        with url_for(conc or max(levels)) as url:
+        with url_for(conc or max(levels)) as server:
+            url = server.url
             loadgen.measure(url, _requests(wl, 4, seed=99)[:4], concurrency=4, model=model)  # warm-up
             t = time.perf_counter()
             s = loadgen.measure(url, _requests(wl, _n(conc or 16, quick) if conc else (24 if quick else 64),
@@ -136,8 +139,8 @@ class _Fixed:
     def __call__(self, _parallel: int):
         return self
 
-    def __enter__(self) -> str:
-        return self.url
+    def __enter__(self) -> _Fixed:
+        return self
 
     def __exit__(self, *exc) -> None:
         pass
@@ -182,7 +185,7 @@ def bench(args) -> dict:
             try:
                 for system in serve_systems:
                     if system == "raygen":
-                        app = build_graph(raygen_config(work, model, dtype))
+                        app = build_graph(raygen_config(work, model, dtype, args.set))
                     else:
                         if args.batch_wait is None:
                             args.batch_wait = tune_batch_wait(models[model], url, wl, model)
@@ -266,6 +269,8 @@ def main() -> None:
     ap.add_argument("--systems", nargs="+", default=["raygen", "llamacpp", "batch"])
     ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="raygen config overrides, e.g. serve.torch_threads=1 serve.engine.stream_interval_ms=0")
     ap.add_argument("--batch-wait", type=float, help="the @serve.batch peer's batch_wait_timeout_s (default: "
                     "the best of 0.01/0.05/0.2 s at concurrency 64; --quick: 0.05)")
     args = ap.parse_args()

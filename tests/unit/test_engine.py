@@ -298,6 +298,42 @@ def test_async_stream_abort_and_stats(models):
     asyncio.run(main())
 
 
+def test_busy_streams_are_coalesced_into_fewer_chunks_with_the_same_tokens(models):
+    """Past stream_coalesce_above live streams, a stream's chunks come at most every stream_interval_ms and
+    carry the steps made meanwhile; the first token is not held, and no token is lost or reordered."""
+    import time
+
+    path, _ = models["gpt2"]
+    prompts, _ = workload(3, seed=12)
+
+    async def run(**kw):
+        eng = AsyncLLMEngine(engine(path, **kw))
+        try:
+            async def one(p):
+                t0, chunks = time.perf_counter(), []
+                async for chunk in eng.add_request(p, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True),
+                                                   batched=True):
+                    chunks.append((time.perf_counter() - t0, [t for o in chunk for t in o.token_ids]))
+                return chunks
+            return await asyncio.gather(*(one(p) for p in prompts))
+        finally:
+            eng.shutdown()
+
+    plain = asyncio.run(run(stream_interval_ms=0))
+    busy = asyncio.run(run(stream_interval_ms=150, stream_coalesce_above=0))
+    quiet = asyncio.run(run(stream_interval_ms=150, stream_coalesce_above=3))  # 3 streams: not busy
+    for a, b, c in zip(plain, busy, quiet, strict=True):
+        tokens = [t for _, ts in a for t in ts]
+        assert len(tokens) == 40
+        assert [t for _, ts in b for t in ts] == tokens == [t for _, ts in c for t in ts]
+        assert len(b[0][1]) == 1  # the first token alone, at once
+        mid = b[1:-1]  # a request's last chunk (its finish) is not held either
+        gaps = [y - x for (x, _), (y, _) in zip(mid, mid[1:], strict=False)]
+        assert all(g >= 0.14 for g in gaps), gaps  # the chunks between at least the interval apart
+        assert len(b) < len(a) and len(b) <= 2 + (b[-1][0] - b[0][0]) / 0.14
+        assert max(len(ts) for _, ts in c) <= 8  # not coalesced: at most MAX_CHUNK_OUTPUTS steps a chunk
+
+
 def test_stop_strings_end_the_output_exactly_before_the_stop_text(tmp_path):
     try:
         from raygen.data.features import train_tokenizer

@@ -43,6 +43,14 @@ class EngineConfig:
     """torch CPU threads; 0 leaves torch's default."""
     tokenizer: str | None = "auto"
     """Tokenizer directory; auto: the model directory's when it has one; null: token ids only (no text)."""
+    stream_interval_ms: float = 200.0
+    """Streams (AsyncLLMEngine, batched=True) while more than stream_coalesce_above are live: a stream's next
+    chunk waits until this long after its previous one and carries every step made meanwhile (its first
+    token is never held). Each chunk costs every process on its way to the client the same work whatever
+    it carries, so fewer, larger chunks leave the CPU to the model; vLLM's stream_interval, in time. 0: off.
+    On 2 CPU cores at 64 streams: 50 ms gave 1.27x the output tok/s of off, 250 ms 1.75x (RESULTS.md, Peers)."""
+    stream_coalesce_above: int = 4
+    """Live streams at most with no coalescing (one chunk per step: the smoothest stream when load is light)."""
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -53,6 +61,8 @@ class EngineConfig:
                          ("kv_cache_mib", self.kv_cache_mib is None or self.kv_cache_mib > 0),
                          ("max_model_len", self.max_model_len is None or self.max_model_len >= 1),
                          ("num_threads", self.num_threads >= 0),
+                         ("stream_interval_ms", self.stream_interval_ms >= 0),
+                         ("stream_coalesce_above", self.stream_coalesce_above >= 0),
                          ("kv_cache_fraction", 0 < self.kv_cache_fraction <= 1)):
             if not ok:
                 raise EngineSetupError(f"EngineConfig.{name}={getattr(self, name)!r} is out of range")

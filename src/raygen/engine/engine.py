@@ -38,6 +38,7 @@ from raygen.errors import (EngineClosedError, EngineOverloadedError, EngineSetup
 
 log = logging.getLogger(__name__)
 MAX_CHUNK_OUTPUTS = 8  # step outputs merged into one streamed chunk at most
+MAX_COALESCED_OUTPUTS = 256  # ... while streams are coalesced (EngineConfig.stream_interval_ms)
 
 
 @dataclass
@@ -363,14 +364,25 @@ class AsyncLLMEngine:
         return self._stream(req_id, queue, params.n, batched)
 
     async def _stream(self, req_id: str, queue: asyncio.Queue, n: int, batched: bool):
-        remaining = n
+        remaining, last = n, None
+        cfg = self.engine.config
+        interval = cfg.stream_interval_ms / 1000
         try:
             while remaining:
                 items = [await queue.get()]
-                # Merge what is already there, up to a small chunk: a slow consumer gets fewer, larger
-                # pieces, but text still streams rather than arriving in one lump at the end.
-                while batched and not queue.empty() and len(items) < MAX_CHUNK_OUTPUTS:
+                cap = MAX_CHUNK_OUTPUTS
+                if batched and interval and last is not None and len(self._sinks) > cfg.stream_coalesce_above:
+                    # Busy: hold this chunk until the interval since the last one is up, collecting the steps
+                    # made meanwhile (the first chunk, and a finished request's last, are not held).
+                    wait = last + interval - time.perf_counter()
+                    if wait > 0 and not items[0].finished:
+                        await asyncio.sleep(wait)
+                    cap = MAX_COALESCED_OUTPUTS
+                # Merge what is already there, up to a chunk: a slow consumer gets fewer, larger pieces, but
+                # text still streams rather than arriving in one lump at the end.
+                while batched and not queue.empty() and len(items) < cap:
                     items.append(queue.get_nowait())
+                last = time.perf_counter()
                 for item in items:
                     if isinstance(item, BaseException):
                         raise item
