@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from raygen.engine.attention import DecodeGroup, KVPool, Prefill, StepMetadata
 from raygen.engine.models import build_forward
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_CPU_KV_BYTES = 512 * 2**20
+# SDPA backends on CUDA: not cuDNN's, which builds an execution plan for every new shape, and a serving
+# step's shapes change every step (batch size, padded context length, each prompt chunk's length). On an
+# H200, gpt2-small at 146 sequences, that made a decode step 77 ms, 2.8 ms per attention call
+# (benchmarks/results/gpu_check/cuda/profile_cudnn.txt); flash (no mask: prefill) and memory-efficient
+# attention (a mask: padded decode groups) build nothing.
+CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -149,7 +156,11 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, inputs: StepInputs) -> torch.Tensor:
         """One forward over the packed batch → logits (S, V) float32, one row per sampling sequence."""
-        hidden = self.forward(inputs.token_ids, inputs.positions, self.pool, inputs.meta)
+        if self.device.type == "cuda":
+            with sdpa_kernel(CUDA_SDPA_BACKENDS):
+                hidden = self.forward(inputs.token_ids, inputs.positions, self.pool, inputs.meta)
+        else:
+            hidden = self.forward(inputs.token_ids, inputs.positions, self.pool, inputs.meta)
         return F.linear(hidden[inputs.sample_index], self.forward.lm_head).float()
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
