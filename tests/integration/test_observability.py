@@ -143,13 +143,23 @@ def test_metrics_endpoint_shows_request_engine_cache_rate_limit_and_safety_metri
             "ray_raygen_running_sequences": {"model", "replica"}, "ray_raygen_kv_cache_usage_ratio": {"model", "replica"},
             "ray_raygen_prefix_cache_hit_ratio": {"model", "replica"},
             "ray_raygen_llm_replica_starts_total": {"model"}}
+
+    def mine(text: str, name: str) -> list[dict[str, str]]:
+        return [s for s in series(text, name) if s.get("model") == model]
+
+    def exported(text: str) -> bool:
+        """Everything asserted below is in the page. Each process (ingress, gateway, preprocessor, replica)
+        exports on its own clock, and other tests' models may already have these series, so wait for this
+        model's own samples of each, not for the names alone."""
+        return all(mine(text, n) for n in want) and \
+            {"hit", "miss"} <= {s["result"] for s in mine(text, "ray_raygen_response_cache_total")} and \
+            {"200", "400", "429"} <= {s["status"] for s in mine(text, "ray_raygen_requests_total")} and \
+            bool(mine(text, "ray_raygen_safety_blocks_total"))
+
     deadline, text = time.time() + 90, ""
     while time.time() < deadline:  # Ray's metrics agent exports every few seconds
         text = scrape()
-        if all(series(text, n) for n in want) and \
-                {"hit", "miss"} <= {s["result"] for s in series(text, "ray_raygen_response_cache_total")
-                                    if s["model"] == model} and \
-                "429" in {s["status"] for s in series(text, "ray_raygen_requests_total") if s["model"] == model}:
+        if exported(text):
             break
         time.sleep(2)
     raygen_labels = {label for d in METRICS.values() for label in d.labels} | {"le"}
