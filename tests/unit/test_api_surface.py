@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from raygen import errors
+from tests.pysource import parse
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "raygen"
@@ -22,7 +23,7 @@ VALIDATORS = {"field_validator", "model_validator"}  # pydantic wraps a plain Va
 def _trees(*roots: Path):
     for root in roots:
         for f in sorted(root.rglob("*.py")):
-            yield f, ast.parse(f.read_text(), str(f))
+            yield f, parse(f)
 
 
 @pytest.mark.parametrize("pkg", PACKAGES)

@@ -10,6 +10,8 @@ import re
 import sys
 from pathlib import Path
 
+from tests.pysource import parse
+
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "raygen"
 DOC = REPO / "ARCHITECTURE.md"
@@ -37,7 +39,7 @@ def modules() -> dict[str, tuple[str, list[str]]]:
     """path under src/raygen -> (first docstring line, heavy libraries it imports)."""
     out = {}
     for f in sorted(SRC.rglob("*.py")):
-        tree = ast.parse(f.read_text())
+        tree = parse(f)
         first = (ast.get_docstring(tree) or "").strip().split("\n")[0]
         out[f.relative_to(SRC).as_posix()] = (first, [m for m in HEAVY if m in _imports(tree)])
     return out
@@ -67,7 +69,7 @@ def test_the_rules_it_states_hold():
     assert not engine_ray, f"the engine runs without Ray (the GPU image has none): {engine_ray}"
     impure = [p for p in PURE if mods[p][1]]
     assert not impure, f"pure cores import {[(p, mods[p][1]) for p in impure]}"
-    config_imports = _imports(ast.parse((SRC / "engine" / "config.py").read_text()))
+    config_imports = _imports(parse(SRC / "engine" / "config.py"))
     assert "pydantic" not in config_imports  # the engine imports without pydantic
     text = DOC.read_text()
     for p in PURE:
