@@ -11,8 +11,12 @@ smoke runs. Random init, saved once to a temp dir. `--device cuda` runs every sy
 Workload: N requests with random prompts (32-256 tokens) and output lengths (64-256 tokens, EOS off), all
 at once; raygen also at a Poisson rate. Systems, each in its own subprocess (clean peak RSS, no
 interference): raygen's engine; transformers `generate` one request at a time; `generate` on static
-batches of 16 and 64 (hf_staticN: any N; the `@serve.batch` pattern: a batch runs to its longest member);
-transformers' continuous batching (`generate_batch`'s manager, per-request max_new_tokens).
+batches of 16 and 64 (hf_staticN: any N; the `@serve.batch` pattern: a batch runs to its longest member),
+and with transformers' static KV cache (hf_scN: `cache_implementation="static"`); transformers' continuous
+batching (`generate_batch`'s manager, per-request max_new_tokens); llama.cpp's server (`llamacpp`, CPU: the
+same weights as GGUF, one slot per request, every request at once over HTTP through loadgen.py; build it
+once with `python benchmarks/llamacpp.py build`). The best static batch of either kind is the baseline.
+The issue-18 comparison on CPU: `--systems raygen,llamacpp,hf_sc16,hf_sc32,hf_sc64,hf_sc128,hf_static64`.
 
 Metrics (vLLM's definitions): output tokens/s over the run; TTFT = first token - arrival; TPOT = (last -
 first token) / (output tokens - 1) per request; ITL = gaps between a request's successive token
@@ -44,6 +48,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "engine"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+HF_STATIC = ("hf_static", "hf_sc")  # transformers' static-batch systems: the best of them is the baseline
 # Shapes by name. gpt2-small and llama-160m follow train/model.py's presets of those names (with GPT-2's
 # vocabulary and a 32k one, as its parameter counts assume); copied here so the bench needs no raygen.train.
 PRESETS = {
@@ -155,8 +160,13 @@ class _StepClock:
         return scores
 
 
-def worker_hf_static(model: str, dtype: str, reqs: list[dict], batch: int, device: str) -> dict:
+def worker_hf_static(model: str, dtype: str, reqs: list[dict], batch: int, device: str,
+                     static_cache: bool = False) -> dict:
+    """Static batches of `batch` through `generate`, with the default dynamic cache or, with `static_cache`,
+    transformers' preallocated one (`cache_implementation="static"`, its fastest decode path)."""
     from transformers import LogitsProcessorList
+
+    extra = {"cache_implementation": "static"} if static_cache else {}
 
     m = _load_hf(model, dtype, device)
     times: list[list[float]] = [[] for _ in reqs]
@@ -179,7 +189,7 @@ def worker_hf_static(model: str, dtype: str, reqs: list[dict], batch: int, devic
             clock = _StepClock()
             new = max(reqs[i]["max_tokens"] for i in group)
             m.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=new, min_new_tokens=new,
-                       do_sample=False, pad_token_id=0, logits_processor=LogitsProcessorList([clock]))
+                       do_sample=False, pad_token_id=0, logits_processor=LogitsProcessorList([clock]), **extra)
             _sync(device)
             for i in group:
                 times[i] = [t - t0 for t in clock.times[:reqs[i]["max_tokens"]]]
@@ -223,6 +233,9 @@ def run_worker(args) -> None:
         res = worker_hf_static(args.model, args.dtype, reqs, 1, args.device)
     elif kind.startswith("hf_static"):
         res = worker_hf_static(args.model, args.dtype, reqs, int(kind.removeprefix("hf_static")), args.device)
+    elif kind.startswith("hf_sc"):
+        res = worker_hf_static(args.model, args.dtype, reqs, int(kind.removeprefix("hf_sc")), args.device,
+                               static_cache=True)
     elif kind == "hf_cb":
         res = worker_hf_cb(args.model, args.dtype, reqs, args.device)
     else:
@@ -247,6 +260,58 @@ def spawn(kind: str, model: str, dtype: str, reqs: list[dict], args, tmp: Path) 
         return {"error": "\n".join(tail)}
     print(f"  {kind:15s} {dtype:8s} done in {time.perf_counter() - t:6.1f} s", flush=True)
     return json.loads(line[len("RESULT "):])
+
+
+def run_llamacpp(model: str, dtype: str, reqs: list[dict], args, tmp: Path) -> dict:
+    """llama.cpp's server (benchmarks/llamacpp.py) on the same weights as GGUF, every request sent at once
+    over HTTP (a slot each: `--parallel` = the request count, each slot the workload's longest sequence),
+    token times as the raygen worker records them: each token of a chunk at the chunk's arrival."""
+    import llamacpp
+    import loadgen
+
+    if not llamacpp.server_binary().exists():
+        msg = "llama-server is not built: run `python benchmarks/llamacpp.py build` once (about 8 minutes)"
+        print(f"  llamacpp        {dtype:8s} skipped: {msg}", flush=True)
+        return {"error": msg}
+    outtype = {"float32": "f32", "bfloat16": "bf16"}[dtype]
+    gguf = llamacpp.convert(model, tmp / f"model-{outtype}.gguf", outtype)
+    longest = max(len(r["prompt"]) + r["max_tokens"] for r in reqs)
+    t = time.perf_counter()
+    with llamacpp.Server(gguf, port=_free_port(), parallel=len(reqs), ctx_per_slot=-(-longest // 64) * 64,
+                         threads=args.threads, log=tmp / "llama-server.log") as srv:
+        warm = [{"prompt": [2] * 64, "max_tokens": 8} for _ in range(4)]
+        loadgen.measure(srv.url, warm, concurrency=4)  # the same warm-up as raygen's
+        run = loadgen.measure(srv.url, [{"prompt": r["prompt"], "max_tokens": r["max_tokens"]} for r in reqs],
+                              concurrency=len(reqs), raw=True)
+        peak = _peak_rss(srv.proc.pid)
+    t0 = min(r["start"] for r in run["results"])
+    times, errors = [], [r["error"] for r in run["results"] if r.get("error")]
+    if errors:
+        print(f"  llamacpp        {dtype:8s} FAILED ({len(errors)} requests: {errors[0]})", flush=True)
+        return {"error": errors[0]}
+    for r in run["results"]:
+        times.append([r["start"] - t0 + at for at, k in zip(r["times"], r["counts"], strict=True) for _ in range(k)])
+    print(f"  {'llamacpp':15s} {dtype:8s} done in {time.perf_counter() - t:6.1f} s", flush=True)
+    return {"wall": run["wall"], "times": times, "peak_rss": peak}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _peak_rss(pid: int) -> int:
+    """A live process's peak resident set (VmHWM), bytes; 0 where /proc cannot say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -410,6 +475,12 @@ def main() -> None:
         tmp = Path(tmpdir)
         model = tmp / args.preset
         make_model(model, spec)
+        if "llamacpp" in systems:  # llama.cpp's converter writes the vocabulary into the GGUF: it needs one
+            import pydoc_data.topics
+
+            from raygen.data.features import train_tokenizer
+
+            train_tokenizer(pydoc_data.topics.topics.values(), vocab, str(model))
         print(f"model {args.preset} {spec} ({dims(spec)['params'] / 1e6:.1f}M parameters); {args.requests} "
               f"requests, outputs {output}; {results['device_name']}; threads {args.threads}", flush=True)
         for dtype in args.dtypes.split(","):
@@ -420,7 +491,10 @@ def main() -> None:
             res = results["all_at_once"][dtype] = {}
             for kind in systems:
                 sub = reqs[:args.single_requests] if kind == "hf_single" else reqs
-                raw = spawn(kind, str(model), dtype, sub, args, tmp)
+                if kind == "llamacpp":
+                    raw = run_llamacpp(str(model), dtype, sub, args, tmp)
+                else:
+                    raw = spawn(kind, str(model), dtype, sub, args, tmp)
                 res[kind] = raw if "error" in raw else metrics(raw, sub)
                 if kind == "raygen" and "error" not in raw:
                     ideal = roofline(raw["steps"], spec, DTYPES[dtype], flops, bw)
@@ -436,7 +510,7 @@ def main() -> None:
                     preqs = make_workload(args.requests, rate, seed=0, vocab=vocab, output=output)
                     praw = spawn("raygen", str(model), dtype, preqs, args, tmp)
                     results["poisson"][dtype] = {"rate": rate, **(praw if "error" in praw else metrics(praw, preqs))}
-            statics = {k: m["tok_s"] for k, m in res.items() if k.startswith("hf_static") and "tok_s" in m}
+            statics = {k: m["tok_s"] for k, m in res.items() if k.startswith(HF_STATIC) and "tok_s" in m}
             if statics and "tok_s" in res.get("raygen", {}):
                 best = max(statics, key=statics.get)
                 results["vs_best_static"][dtype] = {"system": best, "tok_s": statics[best],
@@ -453,20 +527,28 @@ def main() -> None:
     report(results, args.out)
 
 
+def system_name(kind: str) -> str:
+    fixed = {"hf_single": "transformers generate, one at a time (first requests only)",
+             "hf_cb": "transformers continuous batching", "raygen": "raygen engine",
+             "llamacpp": "llama.cpp's server, all at once over HTTP"}
+    if kind.startswith("hf_static"):
+        return f"transformers generate, static batch {kind.removeprefix('hf_static')}"
+    if kind.startswith("hf_sc"):
+        return f"transformers generate, static batch {kind.removeprefix('hf_sc')}, static cache"
+    return fixed.get(kind, kind)
+
+
 def report(results: dict, out: Path = OUT) -> None:
     spec = results["model"]
     lines = [f"### Engine benchmark ({results['date']}, {results['requests']} requests, {results['threads']} threads; "
              f"{spec['preset']} on {results['device_name']})", ""]
     for dtype, res in results["all_at_once"].items():
-        statics = [m["tok_s"] for k, m in res.items() if k.startswith("hf_static") and "tok_s" in m]
+        statics = [m["tok_s"] for k, m in res.items() if k.startswith(HF_STATIC) and "tok_s" in m]
         best = max(statics) if statics else None
         r = results["rates"][dtype]
         lines += [f"**{dtype}**: matmul {r['matmul_gflops']:.0f} GFLOP/s, copy {r['copy_gbps']:.1f} GB/s (measured "
                   "in this run)", ""]
-        names = {"hf_single": "transformers generate, one at a time (first requests only)",
-                 "hf_static16": "transformers generate, static batch 16", "hf_static64": "transformers generate, "
-                 "static batch 64", "hf_cb": "transformers continuous batching", "raygen": "raygen engine"}
-        lines += fmt_table([(names.get(k, k), m) for k, m in res.items()], best)
+        lines += fmt_table([(system_name(k), m) for k, m in res.items()], best)
         if dtype in results["poisson"]:
             p = results["poisson"][dtype]
             lines += fmt_table([(f"raygen, Poisson {p['rate']:.2f} req/s", p)], None)[2:]
@@ -486,6 +568,8 @@ def report(results: dict, out: Path = OUT) -> None:
                              f"{b['of_peak']:.1%} of the measured copy bandwidth")
             if best:
                 lines.append(f"raygen / best static batch: **{g['tok_s'] / best:.2f}×**")
+            if "tok_s" in res.get("llamacpp", {}):
+                lines.append(f"raygen / llama.cpp's server: **{g['tok_s'] / res['llamacpp']['tok_s']:.2f}×**")
         if dtype in results["prefix"]:
             c, u = results["prefix"][dtype]["cached"], results["prefix"][dtype]["uncached"]
             lines.append(f"shared 512-token prefix: TTFT p50 {c['ttft_p50'] * 1e3:.0f} ms cached vs "

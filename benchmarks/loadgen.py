@@ -153,8 +153,9 @@ def summarize(run: dict, slo: dict = SLO) -> dict:
 
 
 def measure(url: str, reqs: list[dict], concurrency: int | None = None, rate: float | None = None,
-            seed: int = 0, model: str = "bench", slo: dict = SLO) -> dict:
-    """Run the load in a separate process (no GIL or event loop shared with the server's driver)."""
+            seed: int = 0, model: str = "bench", slo: dict = SLO, raw: bool = False) -> dict:
+    """Run the load in a separate process (no GIL or event loop shared with the server's driver); its
+    summary, or with `raw` the run itself (wall time and each request's chunk times, counts and start)."""
     import subprocess
 
     spec = json.dumps({"url": url, "reqs": reqs, "concurrency": concurrency, "rate": rate, "seed": seed,
@@ -163,7 +164,8 @@ def measure(url: str, reqs: list[dict], concurrency: int | None = None, rate: fl
                        timeout=7200)
     if p.returncode:
         raise RuntimeError(f"load generator failed:\n{p.stderr[-3000:]}")
-    return summarize(json.loads(p.stdout), slo)
+    run = json.loads(p.stdout)
+    return run if raw else summarize(run, slo)
 
 
 def main() -> None:
