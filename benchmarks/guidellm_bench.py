@@ -12,7 +12,7 @@ kind=json,path=...`. guidellm sends text prompts (made with the model's own toke
 `stop: null` and vLLM's `stream_options.continuous_usage_stats`, so this also checks that raygen takes a
 standard client's requests as they come. Model: peer_bench's GPT-2 6x512 (random init, the demo corpus's
 BPE tokenizer), fp32; raygen is the whole serving graph over HTTP, llama.cpp has a slot per stream.
-Results: benchmarks/results/peers/guidellm.{json,md}; guidellm's own reports (every request, ~1 MB each) stay in
+Results: benchmarks/results/peers/guidellm.{json,md,png} (the PNG: output tok/s against p99 TTFT); guidellm's own reports (every request, ~1 MB each) stay in
 the run's temp directory, printed at the end.
 """
 
@@ -130,16 +130,22 @@ def report(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--systems", nargs="+", default=["llamacpp", "raygen"], choices=["llamacpp", "raygen"])
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG and table from guidellm.json")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    if "llamacpp" in args.systems:
-        llamacpp.build()
-    res = bench(args.systems)
-    (OUT / "guidellm.json").write_text(json.dumps(res, indent=1))
+    if args.replot:
+        res = json.loads((OUT / "guidellm.json").read_text())
+    else:
+        if "llamacpp" in args.systems:
+            llamacpp.build()
+        res = bench(args.systems)
+        (OUT / "guidellm.json").write_text(json.dumps(res, indent=1))
+        print(f"guidellm's reports: {res['work']}")
     text = report(res)
     (OUT / "guidellm.md").write_text(text)
-    print("\n" + text)
-    print(f"guidellm's reports: {res['work']}")
+    # peer_bench's plot: output tok/s against p99 TTFT, a line per system through its concurrency levels.
+    peer_bench.plot({"runs": {"float32": {"guidellm": res["runs"]}}}, OUT / "guidellm.png")
+    print("\n" + text + f"\nplot: {OUT / 'guidellm.png'}")
 
 
 if __name__ == "__main__":
