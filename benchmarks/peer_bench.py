@@ -80,9 +80,9 @@ def raygen_config(work: Path, name: str, dtype: str, overrides: list[str]):
                               *overrides])
 
 
-def _levels(wl: str, quick: bool) -> tuple[list[int], list[float]]:
+def _levels(wl: str, quick: bool, poisson: bool = True) -> tuple[list[int], list[float]]:
     spec = WORKLOADS[wl]
-    return (QUICK.get(wl, spec[4][:1]), []) if quick else (spec[4], spec[5])
+    return (QUICK.get(wl, spec[4][:1]), []) if quick else (spec[4], spec[5] if poisson else [])
 
 
 def _requests(wl: str, n: int, seed: int) -> list[dict]:
@@ -94,10 +94,10 @@ def _n(level: int, quick: bool) -> int:
     return max(8 if quick else 16, 2 * level)
 
 
-def sweep(system: str, url_for, wl: str, quick: bool, model: str) -> dict:
+def sweep(system: str, url_for, wl: str, quick: bool, model: str, poisson: bool = True) -> dict:
     """One system through one workload's levels: url_for(parallel) is a context that yields a ready server
     (with .url), started for that many parallel requests where the server needs to know."""
-    levels, rates = _levels(wl, quick)
+    levels, rates = _levels(wl, quick, poisson)
     out = {}
     plan = [(f"c{c}", c, None) for c in levels] + [(f"poisson{r:g}", None, r) for r in rates]
     for k, (label, conc, rate) in enumerate(plan):
@@ -177,7 +177,7 @@ def bench(args) -> dict:
                 def server(parallel, gguf=gguf, ctx=ctx):
                     return llamacpp.Server(gguf, free_port(), parallel, ctx, log=work / "llama-server.log")
 
-                runs["llamacpp"] = sweep("llamacpp", server, wl, args.quick, model)
+                runs["llamacpp"] = sweep("llamacpp", server, wl, args.quick, model, not args.no_poisson)
             serve_systems = [s for s in args.systems if s in ("raygen", "batch")]
             if not serve_systems:
                 continue
@@ -192,7 +192,7 @@ def bench(args) -> dict:
                             res["batch_wait_timeout_s"] = args.batch_wait
                         app = peer_apps(str(models[model]), 64, args.batch_wait, static=True)["batch"]
                     serve.run(app, name="bench", route_prefix="/")
-                    runs[system] = sweep(system, _Fixed(url), wl, args.quick, model)
+                    runs[system] = sweep(system, _Fixed(url), wl, args.quick, model, not args.no_poisson)
                     serve.delete("bench")
             finally:
                 serve.shutdown()
@@ -273,12 +273,14 @@ def main() -> None:
                     help="raygen config overrides, e.g. serve.torch_threads=1 serve.engine.stream_interval_ms=0")
     ap.add_argument("--batch-wait", type=float, help="the @serve.batch peer's batch_wait_timeout_s (default: "
                     "the best of 0.01/0.05/0.2 s at concurrency 64; --quick: 0.05)")
+    ap.add_argument("--no-poisson", action="store_true", help="closed-loop concurrency levels only")
+    ap.add_argument("--stem", help="the results' file name (default peers, or peers_quick with --quick)")
     args = ap.parse_args()
     if args.quick and args.batch_wait is None:
         args.batch_wait = 0.05
     res = bench(args)
     OUT.mkdir(parents=True, exist_ok=True)
-    stem = "peers_quick" if args.quick else "peers"
+    stem = args.stem or ("peers_quick" if args.quick else "peers")
     text = report(res)
     (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (OUT / f"{stem}.md").write_text(text + "\n")
