@@ -145,12 +145,12 @@ def main() -> None:
     wall = (time.perf_counter() - t) / n
     ka = p.key_averages()
     dev_attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
-    busy = sum(getattr(e, dev_attr, 0) for e in ka) / n / 1e3
+    # The kernels' own rows only: the aten ops that launched them carry the same device time again.
+    busy = sum(getattr(e, dev_attr, 0) for e in ka if e.device_type == torch.autograd.DeviceType.CUDA) / n / 1e3
     launches = sum(e.count for e in ka if e.key.startswith(("cudaLaunch", "cuLaunch"))) / n
     print(f"\n== torch.profiler over {n} decode steps at {len(eng.step_log[-1].tokens)} sequences: {wall * 1e3:.1f} ms a step (profiled); device busy {busy:.1f} ms a step; "
           f"{launches:.0f} kernel launches a step")
-    sort = f"self_{'cuda' if dev_attr == 'self_cuda_time_total' else 'device'}_time_total" \
-        if args.device.startswith("cuda") else "self_cpu_time_total"
+    sort = dev_attr if args.device.startswith("cuda") else "self_cpu_time_total"
     print(ka.table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
 
