@@ -26,6 +26,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def registered_checkpoint(run_dir) -> str | None:
+    """The latest checkpoint Ray Train's controller has registered (what a restart resumes from), read from the
+    snapshot it writes into the run directory (a path or URI) on every registration. A checkpoint directory is
+    not enough: the controller collects reports when it polls the workers (every 2 s), so a worker killed after
+    writing checkpoints but before a poll restarts from scratch (what CI once saw: killed at step 20, no resume)."""
+    from raygen.errors import StorageError
+    from raygen.storage import Location
+
+    try:
+        snapshot = json.loads((Location(run_dir) / "checkpoint_manager_snapshot.json").read_text())
+    except (StorageError, OSError, ValueError):  # not written yet, or caught mid-write on a local disk
+        return None
+    return (snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+
+
 @pytest.fixture(scope="session")
 def s3():
     """s3://raygen on an S3-compatible server on 127.0.0.1 (moto), up before Ray so that every Ray worker

@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.conftest import free_port, plant
+from tests.integration.conftest import free_port, plant, registered_checkpoint
 from tests.integration.multinode import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -115,8 +115,9 @@ def _workers_by_node(cluster) -> dict[str, str]:
 
 
 def test_training_on_two_nodes_survives_losing_one(cluster, tiny_config):
-    """STRICT_SPREAD: each worker on its own node (of three). A worker node hosting one dies after the second
-    checkpoint; the run resumes from S3 on the two nodes left. The node comes back for the serving test."""
+    """STRICT_SPREAD: each worker on its own node (of three). A worker node hosting one dies once a
+    checkpoint is registered; the run resumes from S3 on the two nodes left. The node comes back for the serving
+    test."""
     from raygen.storage import Location
     from raygen.train.trainer import train
 
@@ -130,8 +131,8 @@ def test_training_on_two_nodes_survives_losing_one(cluster, tiny_config):
 
     def kill_a_node_with_a_worker():
         try:
-            deadline = time.time() + 300
-            while time.time() < deadline and sum(p.name.startswith("checkpoint_") for p in run_dir.iterdir()) < 2:
+            deadline = time.time() + 300  # a registered checkpoint before the last: there is one to resume from
+            while time.time() < deadline and registered_checkpoint(run_dir) in (None, "checkpoint_step000030"):
                 time.sleep(0.2)
             seen["before"] = sorted(_workers_by_node(cluster).values())
             seen["killed"] = "b" if "b" in seen["before"] else "a"

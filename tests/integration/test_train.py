@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import registered_checkpoint
+
 pytestmark = pytest.mark.integration
 
 
@@ -66,10 +68,6 @@ def test_zero2_and_zero3_follow_the_single_worker_curve(trained, tiny_config, tm
         assert outcome.metrics["mfu"] > 0 and outcome.metrics["tokens_per_s"] > 0
 
 
-def _checkpoints(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in run_dir.glob("checkpoint_step*")) if run_dir.is_dir() else []
-
-
 def test_killed_worker_resumes_from_its_checkpoint_with_a_continuous_curve(trained, tiny_config, tmp_path):
     from ray.util.state import list_actors
 
@@ -79,13 +77,14 @@ def test_killed_worker_resumes_from_its_checkpoint_with_a_continuous_curve(train
                "train.run_name=faulty", "train.max_failures=2", "train.precision=fp32")
     run_dir = Path(cfg.train.storage_path, "faulty")
     killed: list[int] = []
+    finished = threading.Event()
 
     def killer():
-        deadline = time.time() + 300
-        # Kill once a second checkpoint shows: the first is registered by then (reports are barriers), and
-        # the steps run since the last one must be redone.
-        while time.time() < deadline and len(_checkpoints(run_dir)) < 2:
-            time.sleep(0.1)
+        # Kill once the controller has registered a checkpoint before the last; the steps run since it must
+        # be redone.
+        while registered_checkpoint(run_dir) in (None, "checkpoint_step000060"):
+            if finished.wait(0.05):
+                return
         workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
                    if "RayTrainWorker" in (a.class_name or "")]
         if workers:
@@ -94,9 +93,12 @@ def test_killed_worker_resumes_from_its_checkpoint_with_a_continuous_curve(train
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    outcome = train(cfg)
+    try:
+        outcome = train(cfg)
+    finally:
+        finished.set()
     t.join(timeout=10)
-    assert killed, "no training worker was found to kill"
+    assert killed, "no training worker was killed: the run ended before a checkpoint was registered"
     assert outcome.restarts >= 1 and outcome.metrics["restarts"] >= 1
     assert outcome.metrics["step"] == 60
     losses = _losses(outcome)

@@ -125,6 +125,9 @@ class KVPool:
             else:
                 kp = self._gather(k_cache, p.block_ids, 0).view(-1, hkv, d)[:c + n].transpose(0, 1)
                 vp = self._gather(v_cache, p.block_ids, 1).view(-1, hkv, d)[:c + n].transpose(0, 1)
+            # A batch of one, (1, H, n, D): given 3-D inputs, CPU SDPA takes its math path, which makes the
+            # (n, n) scores; 4-D takes the flash kernel, 3-6x faster at 1-2k tokens (Design measurements).
+            qp, kp, vp = qp[None], kp[None], vp[None]
             if c == 0 and window is None:
                 o = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=group > 1)
             else:
@@ -134,5 +137,5 @@ class KVPool:
                 if window is not None:
                     mask &= kpos > qpos - window
                 o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=group > 1)
-            out[s:s + n] = o.transpose(0, 1)
+            out[s:s + n] = o[0].transpose(0, 1)
         return out.view(t, h * d)
