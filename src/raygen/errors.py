@@ -69,6 +69,14 @@ class PromptTooLongError(InvalidPromptError):
     pass
 
 
+class GrammarError(InvalidPromptError):
+    """A structured-output spec that is malformed or does not compile; param: the request field it came from."""
+
+    def __init__(self, message: str, param: str = "structured_outputs"):
+        super().__init__(message)
+        self.param = param
+
+
 class EngineOverloadedError(EngineError):
     pass
 

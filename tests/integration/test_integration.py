@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -227,7 +228,10 @@ def test_served_greedy_matches_transformers_and_n_logprobs_stop_work(server, tin
     # Fields of OpenAI's schema raygen does not implement are refused by name, never dropped.
     ({"prompt": "x", "suffix": "y"}, None, 400, "suffix"),
     ({"prompt": "x", "best_of": 4}, None, 400, "best_of"),
-    ({"prompt": "x", "response_format": {"type": "json_object"}}, None, 400, "response_format"),
+    ({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "bad", "schema": {
+        "type": "object", "properties": {"a": {"type": "no-such-type"}}}}}}, None, 400,
+     "response_format.json_schema.schema"),  # refused by the replica's compiler, named
+    ({"prompt": "x", "guided_regex": "([a-z"}, None, 400, "guided_regex"),
     ({"prompt": "x", "seed": 2**64}, None, 400, "seed"),
     ({"prompt": "x", "max_tokens": 4, "logit_bias": {"100000": 5}}, None, 400, "logit_bias"),
 ])
@@ -248,15 +252,14 @@ def test_unknown_routes_and_wrong_methods_answer_openai_error_bodies(server):
         assert path in err["message"] and err["type"] == "invalid_request_error", err
 
 
-def test_chat_refuses_tools_and_json_mode_by_name_and_honours_logit_bias(server, tiny_config):
+def test_chat_refuses_tools_by_name_and_honours_logit_bias(server, tiny_config):
     from transformers import AutoTokenizer
 
     from raygen.registry import Registry
 
     chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     for extra, param in (({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-                         ({"tool_choice": "required"}, "tool_choice"),
-                         ({"response_format": {"type": "json_object"}}, "response_format")):
+                         ({"tool_choice": "required"}, "tool_choice")):
         req = urllib.request.Request(f"{server}/v1/chat/completions", data=json.dumps({**chat, **extra}).encode(),
                                      headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as e:
@@ -267,3 +270,211 @@ def test_chat_refuses_tools_and_json_mode_by_name_and_honours_logit_bias(server,
     status, _, body = _post(server, {"prompt": [5, 6, 7], "max_tokens": 3, "temperature": 0.9, "seed": 3,
                                      "logit_bias": {"300": 100}})
     assert status == 200 and body["choices"][0]["text"] == forced * 3, body
+
+
+SMALL_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                                 "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+                "required": ["ok", "n"], "additionalProperties": False}
+
+
+def test_structured_outputs_through_the_openai_client(server, tiny_config):
+    """response_format json_schema / json_object, and vLLM's structured_outputs and guided_* fields (sent as
+    extra_body, as vLLM's own docs show): chat and completions, streamed and not, n > 1. The tiny model's
+    context is short, so an output cut by max_tokens (finish_reason "length") is allowed; every output that
+    stopped parses and validates."""
+    import openai
+    from jsonschema import Draft202012Validator
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0)
+    model = tiny_config.registry.name
+    validator = Draft202012Validator(SMALL_SCHEMA)
+    response_format = {"type": "json_schema", "json_schema": {"name": "flag", "schema": SMALL_SCHEMA, "strict": True}}
+    finished = []
+    for stream in (False, True):
+        kw = dict(model=model, max_tokens=40, temperature=1.0, seed=11, n=3, response_format=response_format)
+        if stream:
+            texts, reasons = ["", "", ""], [None] * 3
+            for chunk in client.chat.completions.create(messages=[{"role": "user", "content": "flag?"}], stream=True,
+                                                        **kw):
+                for c in chunk.choices:
+                    texts[c.index] += c.delta.content or ""
+                    reasons[c.index] = c.finish_reason or reasons[c.index]
+        else:
+            r = client.chat.completions.create(messages=[{"role": "user", "content": "flag?"}], **kw)
+            texts, reasons = [c.message.content for c in r.choices], [c.finish_reason for c in r.choices]
+        finished += list(zip(texts, reasons, strict=True))
+    r = client.completions.create(model=model, prompt="The flag:", max_tokens=40, temperature=1.0, seed=5, n=4,
+                                  extra_body={"structured_outputs": {"json": SMALL_SCHEMA}})
+    finished += [(c.text, c.finish_reason) for c in r.choices]
+    assert all(reason in ("stop", "length") for _, reason in finished), finished
+    stopped = [t for t, reason in finished if reason == "stop"]
+    assert len(stopped) >= len(finished) // 2, finished
+    for text in stopped:
+        validator.validate(json.loads(text))
+    r = client.completions.create(model=model, prompt="Pick:", max_tokens=10, temperature=1.0, seed=1, n=6,
+                                  extra_body={"guided_choice": ["red", "green", "blue"]})
+    assert {c.text for c in r.choices} <= {"red", "green", "blue"} and all(c.finish_reason == "stop" for c in r.choices)
+    r = client.completions.create(model=model, prompt="Code:", max_tokens=12, temperature=0.0,
+                                  extra_body={"structured_outputs": {"regex": "[A-Z]{2}[0-9]{2}"}})
+    assert re.fullmatch("[A-Z]{2}[0-9]{2}", r.choices[0].text), r.choices[0].text
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "any JSON"}], max_tokens=40,
+                                       temperature=0.0, response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+def _hf_prompt_logprobs(model_dir, ids: list[int]) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        lp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    return lp[:-1].gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1).tolist()
+
+
+def test_echo_with_logprobs_scores_the_prompt_and_tokenize_round_trips(server, tiny_config):
+    """What evaluation harnesses send: echo, logprobs, max_tokens 0 or 1, the prompt as text or ids. The
+    prompt's logprobs match transformers' forward; /tokenize and /detokenize agree with the tokenizer."""
+    from transformers import AutoTokenizer
+
+    from raygen.registry import Registry
+
+    model_dir = Registry(tiny_config.registry.root).local_dir(tiny_config.registry.name, "latest")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    text = "The with statement is used to wrap"
+
+    def post(path, body):
+        req = urllib.request.Request(f"{server}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    status, t = post("/tokenize", {"prompt": text, "return_token_strs": True})
+    ids = tok(text)["input_ids"]
+    assert status == 200 and t["tokens"] == ids and t["count"] == len(ids) and t["max_model_len"] >= 64
+    assert t["token_strs"] == tok.convert_ids_to_tokens(ids)
+    assert post("/detokenize", {"tokens": ids}) == (200, {"prompt": tok.decode(ids)})
+    status, chat = post("/tokenize", {"messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and chat["count"] > 1
+    for bad, param in (({"tokens": [10**7]}, "tokens"), ({"tokens": [1], "extra": 1}, "extra")):
+        status, err = post("/detokenize", bad)
+        assert status == 400 and err["error"]["param"] == param, err
+    assert post("/tokenize", {"prompt": "x", "messages": []})[0] == 400
+
+    ref = _hf_prompt_logprobs(model_dir, ids)
+    for prompt, max_tokens in ((text, 0), (ids, 1)):
+        status, body = post("/v1/completions", {"prompt": prompt, "max_tokens": max_tokens, "echo": True,
+                                                "logprobs": 2, "temperature": 0})
+        assert status == 200, body
+        c = body["choices"][0]
+        lp = c["logprobs"]
+        n = len(ids)
+        assert c["text"].startswith(tok.decode(ids)) and lp["tokens"][:n] == [tok.decode([i]) for i in ids]
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        assert max(abs(a - b) for a, b in zip(lp["token_logprobs"][1:n], ref, strict=True)) < 1e-3
+        assert all(len(top) <= 2 for top in lp["top_logprobs"][1:])
+        if max_tokens == 0:
+            assert len(lp["tokens"]) == n and c["text"] == tok.decode(ids) and c["finish_reason"] == "length"
+            assert body["usage"]["completion_tokens"] == 0
+        else:
+            assert len(lp["tokens"]) == n + 1 and body["usage"]["completion_tokens"] == 1
+    status, body = post("/v1/completions", {"prompt": ids, "max_tokens": 1, "prompt_logprobs": 1,
+                                            "temperature": 0})
+    plp = body["choices"][0]["prompt_logprobs"]
+    assert status == 200 and plp[0] is None and len(plp) == len(ids)
+    assert abs(plp[1][str(ids[1])]["logprob"] - ref[0]) < 1e-3 and "decoded_token" in plp[1][str(ids[1])]
+    # Streamed: the prompt comes first, in the first chunk of the choice.
+    req = urllib.request.Request(f"{server}/v1/completions", data=json.dumps(
+        {"prompt": text, "max_tokens": 3, "echo": True, "stream": True, "temperature": 0}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        events = [json.loads(line[6:]) for line in r.read().decode().splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    assert events[0]["choices"][0]["text"].startswith(tok.decode(ids))
+    assert post("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "echo": True})[0] == 400
+
+
+LM_EVAL_TASKS = """\
+task: raygen_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {mc}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+---
+task: raygen_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {gen}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_lm_evaluation_harness_scores_the_served_model(server, tiny_config, tmp_path, monkeypatch):
+    """lm-eval's local-completions model, unchanged, on two tasks defined on disk: loglikelihoods (echo +
+    logprobs, token-id prompts, the remote tokenizer through /tokenizer_info and /tokenize) that match
+    transformers' own computation within 1e-3, and a generate_until task."""
+    pytest.importorskip("lm_eval", reason="pip install lm-eval (the dev extra brings it)")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raygen.registry import Registry
+
+    mc = [{"question": "A list is", "choices": [" mutable", " a number", " frozen"], "answer": 0},
+          {"question": "The with statement", "choices": [" opens", " calls the context manager"], "answer": 1},
+          {"question": "def", "choices": [" f", " class"], "answer": 0}]
+    gen = [{"question": "The for statement is", "answer": " used"}, {"question": "import", "answer": " os"}]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in mc))
+    (tmp_path / "gen.jsonl").write_text("".join(json.dumps(d) + "\n" for d in gen))
+    for i, part in enumerate(LM_EVAL_TASKS.format(mc=tmp_path / "mc.jsonl", gen=tmp_path / "gen.jsonl").split("---\n")):
+        (tmp_path / f"task{i}.yaml").write_text(part)
+    out = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args={"base_url": f"{server}/v1/completions", "model": tiny_config.registry.name,
+                    "tokenizer_backend": "auto", "num_concurrent": 1, "max_retries": 1},
+        tasks=["raygen_mc", "raygen_gen"], task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)
+    assert set(out["results"]) == {"raygen_mc", "raygen_gen"}
+    assert 0 <= out["results"]["raygen_mc"]["acc,none"] <= 1
+    assert any(k.startswith("exact_match") for k in out["results"]["raygen_gen"]), out["results"]["raygen_gen"]
+
+    model_dir = Registry(tiny_config.registry.root).local_dir(tiny_config.registry.name, "latest")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    checked = 0
+    for sample in out["samples"]["raygen_mc"]:
+        for (context, continuation), resp in zip(sample["arguments"], sample["resps"], strict=True):
+            ll_served = resp[0][0]
+            whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+            ctx = tok(context, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = model(torch.tensor([whole])).logits[0].float().log_softmax(-1)
+            ref = sum(lp[i - 1, whole[i]].item() for i in range(len(ctx), len(whole)))
+            assert abs(ll_served - ref) < 1e-3, (context, continuation, ll_served, ref)
+            checked += 1
+    assert checked == sum(len(d["choices"]) for d in mc)
+    gens = [s["resps"][0][0] for s in out["samples"]["raygen_gen"]]
+    assert len(gens) == 2 and all(isinstance(g, str) for g in gens)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from raygen.errors import RequestError, as_request_error
@@ -14,7 +16,7 @@ def test_valid_request_defaults():
 @pytest.mark.parametrize("body,param", [
     ({}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "temperature": 3}, "temperature"), ({"prompt": "x", "stop": ["a"] * 5}, "stop"),
-    ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": "x", "echo": True}, "echo"),
+    ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "logprobs": 50}, "logprobs"), ({"prompt": "x", "n": 0}, "n"),
 ])
 def test_invalid_requests_name_the_field(body, param):
@@ -48,8 +50,14 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
     ("text", {"suffix": "after"}, "suffix"),
     ("text", {"best_of": 3}, "best_of"),
     ("text", {"best_of": 2, "n": 1}, "best_of"),
-    ("text", {"response_format": {"type": "json_object"}}, "response_format"),
-    ("text", {"guided_json": {"type": "object"}}, "guided_json"),
+    ("text", {"response_format": {"type": "xml"}}, "response_format.type"),
+    ("text", {"guided_json": "{not json"}, "guided_json"),
+    ("text", {"guided_regex": "a+", "response_format": {"type": "json_object"}}, "guided_regex"),
+    ("text", {"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+    ("text", {"structured_outputs": {"structural_tag": "x"}}, "structured_outputs.structural_tag"),
+    ("text", {"structured_outputs": {"choice": ["ok", ""]}}, "structured_outputs.choice"),
+    ("text", {"guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
+    ("text", {"guided_whitespace_pattern": " *"}, "guided_whitespace_pattern"),
     ("text", {"stream_options": {"include_usage": True}}, "stream_options"),
     ("text", {"stream": True, "stream_options": {"include_usage": True, "usage_every": 2}},
      "stream_options.usage_every"),
@@ -57,12 +65,19 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
     ("text", {"seed": -(2**63) - 1}, "seed"),
     ("text", {"logit_bias": {"x": 1}}, "logit_bias"),
     ("text", {"logit_bias": {"3": 100.5}}, "logit_bias"),
-    ("chat", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("chat", {"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
+    ("chat", {"tools": [{"type": "function", "function": {"name": "f"}}] * 2}, "tools"),
+    ("chat", {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
+              "guided_regex": "x"}, "tool_choice"),
     ("chat", {"tool_choice": "required"}, "tool_choice"),
     ("chat", {"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
     ("chat", {"functions": [{"name": "f"}]}, "functions"),
-    ("chat", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
-     "response_format"),
+    ("chat", {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+     "response_format.json_schema"),
+    ("chat", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": [], "strict": True}}},
+     "response_format.json_schema.schema"),
+    ("chat", {"response_format": {"type": "json_schema", "json_schema": {"schema": {}, "format": "y"}}},
+     "response_format.json_schema.format"),
     ("chat", {"echo": True}, "echo"),
     ("chat", {"top_logprobs": 3}, "top_logprobs"),
     ("chat", {"reasoning_effort": "high"}, "reasoning_effort"),
@@ -78,6 +93,31 @@ def test_fields_raygen_does_not_implement_are_refused_by_name(route, extra, para
     with pytest.raises(RequestError) as e:
         parse_request(body, ChatCompletionRequest if route == "chat" else CompletionRequest)
     assert e.value.status == 400 and e.value.param == param and param in e.value.message, e.value.message
+
+
+def test_structured_output_fields_become_one_grammar_spec():
+    """OpenAI's response_format and vLLM's structured_outputs / guided_* name the same constraints."""
+    from raygen.engine.request import GrammarSpec
+    from raygen.serve.protocol import ChatCompletionRequest
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    cases = [
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}},
+         GrammarSpec("json_schema", json.dumps(schema))),
+        ({"response_format": {"type": "json_object"}}, GrammarSpec("json_object")),
+        ({"structured_outputs": {"json": schema}}, GrammarSpec("json_schema", json.dumps(schema))),
+        ({"guided_json": json.dumps(schema)}, GrammarSpec("json_schema", json.dumps(schema))),
+        ({"guided_regex": "[a-z]+", "guided_decoding_backend": "guidance"}, GrammarSpec("regex", "[a-z]+")),
+        ({"structured_outputs": {"choice": ["a", "é"], "regex": None}}, GrammarSpec("choice", '["a", "é"]')),
+        ({"guided_grammar": 'root ::= "x"'}, GrammarSpec("grammar", 'root ::= "x"')),
+        ({"response_format": {"type": "text"}, "structured_outputs": {"json_object": True}}, GrammarSpec("json_object")),
+        ({"response_format": {"type": "text"}}, None),
+    ]
+    for extra, spec in cases:
+        assert parse_request({"prompt": "x", **extra}).grammar_spec == spec, extra
+        assert parse_request({**CHAT, **extra}, ChatCompletionRequest).grammar_spec == spec, extra
+    got = parse_request({"prompt": "x", "structured_outputs": {"regex": "a"}}).grammar_spec
+    assert got.param == "structured_outputs.regex"  # errors from the compiler name the field
 
 
 def test_unused_values_of_refused_fields_and_unknown_extras_pass():

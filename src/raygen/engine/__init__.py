@@ -14,6 +14,8 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "SamplingParams": "raygen.engine.request",
     "RequestOutput": "raygen.engine.request",
     "TokenLogprob": "raygen.engine.request",
+    "GrammarSpec": "raygen.engine.request",
+    "GrammarError": "raygen.errors",
     "EngineError": "raygen.errors",
     "EngineSetupError": "raygen.errors",
     "UnsupportedModelError": "raygen.errors",

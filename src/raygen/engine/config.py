@@ -51,6 +51,9 @@ class EngineConfig:
     On 2 CPU cores at 64 streams: 50 ms gave 1.27x the output tok/s of off, 250 ms 1.75x (RESULTS.md, Peers)."""
     stream_coalesce_above: int = 4
     """Live streams at most with no coalescing (one chunk per step: the smoothest stream when load is light)."""
+    grammar_any_whitespace: bool = False
+    """Structured JSON outputs may hold free whitespace (any indentation); off: compact JSON, the form every
+    parser reads, and a weak model cannot spend max_tokens on spaces."""
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -29,7 +29,8 @@ from raygen.engine.config import EngineConfig
 from raygen.engine.detok import IncrementalDetokenizer
 from raygen.engine.output_processor import OutputProcessor
 from raygen.engine.kv_cache import BlockManager
-from raygen.engine.request import RequestOutput, RequestTiming, SamplingParams, Sequence, Status, TokenLogprob
+from raygen.engine.request import (GrammarSpec, RequestOutput, RequestTiming, SamplingParams, Sequence, Status,
+                                   TokenLogprob)
 from raygen.engine.runner import ModelRunner
 from raygen.engine.sampling import apply_penalties, sample, top_logprobs
 from raygen.engine.scheduler import Scheduler
@@ -74,6 +75,7 @@ class _Request:
     detoks: list[IncrementalDetokenizer | None]
     generators: list[torch.Generator | None]
     pending_children: list[Sequence] = field(default_factory=list)
+    prompt_lps: list[TokenLogprob | None] | None = None  # by prompt position, with SamplingParams.prompt_logprobs
     num_finished: int = 0
     timing: RequestTiming = field(default_factory=lambda: RequestTiming(time.time()))
 
@@ -83,9 +85,10 @@ def merge(outputs: Iterable[RequestOutput]) -> RequestOutput:
     outputs = list(outputs)
     first, last = outputs[0], outputs[-1]
     lps = [lp for o in outputs for lp in (o.logprobs or [])] if first.logprobs is not None else None
+    prompt_lps = next((o.prompt_logprobs for o in outputs if o.prompt_logprobs is not None), None)
     return RequestOutput(first.req_id, first.index, [t for o in outputs for t in o.token_ids],
                          "".join(o.text for o in outputs), lps, last.finish_reason, last.num_prompt_tokens,
-                         last.num_cached_tokens, last.num_output_tokens, last.timing)
+                         last.num_cached_tokens, last.num_output_tokens, last.timing, prompt_lps)
 
 
 class LLMEngine:
@@ -112,6 +115,8 @@ class LLMEngine:
         self._counts = dict.fromkeys(("steps", "preemptions", "prompt_tokens", "generated", "aborted"), 0)
         self.step_log: list[StepRecord] | None = None  # set to [] to record steps (benchmarks)
         self._step_sizes: deque[int] = deque(maxlen=4096)  # sequences per step, until drained (metrics)
+        self._grammars = None  # structured.Grammars, made on the first constrained request
+        self._grammars_lock = threading.Lock()
 
     @staticmethod
     def _load_tokenizer(config: EngineConfig):
@@ -124,6 +129,24 @@ class LLMEngine:
         return AutoTokenizer.from_pretrained(path)
 
     # -- requests ---------------------------------------------------------------------------------------
+    def grammars(self):
+        """The engine's grammar compiler and matcher factory (structured outputs), made on first use."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                if self.tokenizer is None:
+                    raise InvalidPromptError("structured outputs need a tokenizer, and this engine's model "
+                                             "directory has none")
+                from raygen.engine.structured import Grammars
+
+                self._grammars = Grammars(self.tokenizer, self.runner.shape.vocab, self.eos_token_ids,
+                                          any_whitespace=self.config.grammar_any_whitespace)
+            return self._grammars
+
+    def compile_grammar(self, spec: GrammarSpec) -> None:
+        """Compile (and cache) a structured-output spec; GrammarError when it does not compile. Call it before
+        add_request from a thread that is not the step loop's: a large schema takes tens of milliseconds."""
+        self.grammars().compile(spec)
+
     def add_request(self, req_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         """Queue a request; raises ValueError (bad ids, too long, stop strings without a tokenizer) at once,
         EngineOverloadedError when max_num_waiting requests already wait."""
@@ -142,6 +165,12 @@ class LLMEngine:
         eos = frozenset() if params.ignore_eos else self.eos_token_ids
         seqs = [Sequence(req_id if i == 0 else f"{req_id}/{i}", list(prompt_ids), params.max_tokens,
                          frozenset(params.stop_token_ids), eos, params.ignore_eos) for i in range(params.n)]
+        if params.prompt_logprobs is not None:
+            seqs[0].prompt_logits = True  # the first sequence runs the prompt; the others fork from it
+        if params.structured is not None:
+            grammars = self.grammars()
+            for s in seqs:  # each sequence walks its own grammar (n > 1 samples differ)
+                s.grammar = grammars.matcher(params.structured)
         device = self.runner.device
         gens = [torch.Generator(device=device).manual_seed(params.seed + i) if params.seed is not None else None
                 for i in range(params.n)]
@@ -155,6 +184,8 @@ class LLMEngine:
                                             f"admission (max_num_waiting={bound}); retry shortly")
             self.scheduler.add(seqs[0])
             req = self._requests[req_id] = _Request(req_id, params, seqs, detoks, gens, seqs[1:])
+            if params.prompt_logprobs is not None:
+                req.prompt_lps = [None] * len(prompt_ids)
             for i, s in enumerate(seqs):
                 self._owner[s.req_id] = (req, i)
 
@@ -211,7 +242,7 @@ class LLMEngine:
             ran = [(len(s.token_ids), s.start + len(s.token_ids)) for s in out.scheduled]
         logits = self.runner.execute(inputs)  # no lock: abort() may free blocks meanwhile
         with self._lock:
-            outputs = self._process(out, logits)
+            outputs = self._process(out, logits, inputs.prompt_spans)
         self._counts["steps"] += 1
         self._counts["preemptions"] += len(out.preempted_req_ids)
         self._counts["prompt_tokens"] += sum(n for r, n in out.num_scheduled_tokens.items()
@@ -220,8 +251,12 @@ class LLMEngine:
             self.step_log.append(StepRecord(time.perf_counter() - t0, ran, len(out.sample_req_ids)))
         return outputs
 
-    def _process(self, out, logits: torch.Tensor) -> list[RequestOutput]:
-        """Sample the step's sequences, book the step in the scheduler, and emit each sequence's delta."""
+    def _process(self, out, logits: torch.Tensor, prompt_spans=None) -> list[RequestOutput]:
+        """Sample the step's sequences, book the step in the scheduler, and emit each sequence's delta.
+        logits: the sampling rows, then the prompt rows of prompt_spans (prompt logprobs)."""
+        if prompt_spans:
+            self._book_prompt_logprobs(logits[len(out.sample_req_ids):], prompt_spans)
+            logits = logits[:len(out.sample_req_ids)]
         rows = self._rows(out)
         if not rows:  # a step of prefill chunks only: book their progress, nothing to sample
             self.scheduler.update(out, {})
@@ -235,6 +270,28 @@ class LLMEngine:
                 t.first_token = now
         self.scheduler.update(out, self._fork_or_book(rows, token_ids))
         return [self._emit(seq, tok, lp) for (seq, _), tok, lp in zip(rows, token_ids, lps, strict=True)]
+
+    def _book_prompt_logprobs(self, logits: torch.Tensor, spans: list[tuple[str, int, int]]) -> None:
+        """Each prompt row j of a span (req_id, c, n) predicts prompt token c + j + 1: its logprob and the top
+        alternatives, stored by position (a preempted prompt run again overwrites the same entries)."""
+        lp = logits.log_softmax(dim=-1)
+        r = 0
+        for req_id, c, n in spans:
+            rows, r = lp[r:r + n], r + n
+            owner = self._owner.get(req_id)
+            if owner is None or owner[0].prompt_lps is None:
+                continue  # aborted while the forward ran
+            req = owner[0]
+            prompt, k = req.seqs[0].prompt_ids, req.params.prompt_logprobs
+            m = min(n, len(prompt) - 1 - c)  # the last prompt row predicts the first output token: not ours
+            if m <= 0:
+                continue
+            targets = torch.tensor(prompt[c + 1:c + 1 + m], device=lp.device)
+            chosen = rows[:m].gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+            top_lp, top_ids = (x.tolist() for x in rows[:m].topk(k, dim=-1)) if k else ([[]] * m, [[]] * m)
+            for j in range(m):
+                req.prompt_lps[c + 1 + j] = TokenLogprob(prompt[c + 1 + j], chosen[j],
+                                                         list(zip(top_ids[j], top_lp[j], strict=True)))
 
     def _rows(self, out) -> list[tuple[Sequence, int]]:
         """(sequence, logits row) of every live sequence that samples; a prompt's children share its row."""
@@ -267,11 +324,18 @@ class LLMEngine:
     def _emit(self, seq: Sequence, tok: int, lp: TokenLogprob | None) -> RequestOutput:
         """The output processor's text for the token; a stop string finishes the sequence in the core."""
         req, idx = self._owner[seq.req_id]
+        if seq.grammar_done:  # the output is complete: end it (before its text, so held-back text is flushed)
+            if seq.status.finished:
+                seq.status = Status.FINISHED_STOPPED  # complete on its last allowed token: "stop", not "length"
+            else:
+                self.scheduler.finish(seq.req_id, Status.FINISHED_STOPPED)
         text, stop = self.outputs.text(req.detoks[idx], tok, seq)
         if stop:
             self.scheduler.finish(seq.req_id, Status.FINISHED_STOPPED)
         reason = self.outputs.finish_reason(seq)
         output = self._output(req, idx, [tok], text, lp, reason)
+        if req.prompt_lps is not None and len(seq.output_ids) == 1:  # each sequence's first output carries them
+            output.prompt_logprobs = list(req.prompt_lps)
         if reason is not None:
             req.num_finished += 1
             if req.num_finished == len(req.seqs):
@@ -285,6 +349,10 @@ class LLMEngine:
         if len(rows) != logits.shape[0] or any(i != j for j, (_, i) in enumerate(rows)):
             logits = logits[torch.tensor([i for _, i in rows], device=logits.device)]
         raw = logits
+        matchers = [s.grammar for s, _ in rows]
+        if any(m is not None for m in matchers):  # structured outputs: mask what each grammar forbids next
+            logits = logits.clone() if logits is raw else logits
+            self.grammars().apply(logits, matchers)
         if all(p.greedy and not p.penalized for p in params):
             chosen = logits.argmax(dim=-1)
         else:
@@ -293,6 +361,9 @@ class LLMEngine:
                                          [s.output_ids for s, _ in rows])
             chosen = sample(logits, params, [req.generators[i] for req, i in reqs])
         token_ids = chosen.tolist()
+        for (seq, _), m, tok in zip(rows, matchers, token_ids, strict=True):
+            if m is not None:
+                seq.grammar_done = self._grammars.accept(m, tok)
         lps: list[TokenLogprob | None] = [None] * len(rows)
         want = [j for j, p in enumerate(params) if p.logprobs is not None]
         if want:
@@ -342,6 +413,13 @@ class AsyncLLMEngine:
     @classmethod
     def from_config(cls, config: EngineConfig) -> AsyncLLMEngine:
         return cls(LLMEngine(config))
+
+    async def compile_grammar(self, spec: GrammarSpec) -> None:
+        """Compile a structured-output spec on a worker thread (a new schema never stalls the step loop, nor
+        this event loop); a cache hit returns at once. GrammarError when it does not compile."""
+        grammars = self.engine.grammars()
+        if not grammars.is_compiled(spec):
+            await asyncio.to_thread(grammars.compile, spec)
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams, req_id: str | None = None,
                     batched: bool = False) -> AsyncIterator[RequestOutput] | AsyncIterator[list[RequestOutput]]:

@@ -96,15 +96,16 @@ class BlockManager:
         return hits
 
     # -- changes ---------------------------------------------------------------------------------------
-    def allocate(self, req_id: str, token_ids: list[int], num_tokens: int) -> int | None:
+    def allocate(self, req_id: str, token_ids: list[int], num_tokens: int, lookup: bool = True) -> int | None:
         """Make req_id's block table cover its first num_tokens tokens.
 
-        On a sequence's first call its prompt is matched against the prefix cache; hit blocks are shared.
+        On a sequence's first call its prompt is matched against the prefix cache (unless not lookup); hit
+        blocks are shared.
         Returns how many leading tokens are already computed (cache hits; 0 after the first call), or
         None when the free pool cannot cover the request — then nothing changed."""
         seq = self._seqs.get(req_id)
         hits: list[int] = []
-        if seq is None:
+        if seq is None and lookup:
             hits = self.lookup_prefix(token_ids)
         have = len(seq.block_ids) if seq else len(hits)
         need = max(0, self.blocks_needed(num_tokens) - have)

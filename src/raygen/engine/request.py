@@ -5,8 +5,27 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Literal
 
-from raygen.errors import InvalidPromptError
+from raygen.errors import GrammarError, InvalidPromptError
+
+MAX_SPEC_CHARS = 64 * 1024  # a schema, regex or grammar larger than this is refused before compiling
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A structured-output constraint (engine/structured.py): a JSON schema (its JSON text), any JSON object,
+    a regex, a choice among strings (a JSON list of them), or a grammar (Lark, or GBNF with ::= rules).
+    Frozen and hashable: the compile cache's key. `param` names the request field it came from, for errors;
+    it is not part of the key."""
+
+    kind: Literal["json_schema", "json_object", "regex", "choice", "grammar"]
+    text: str = ""
+    param: str = field(default="structured_outputs", compare=False)
+
+    def __post_init__(self):
+        if len(self.text) > MAX_SPEC_CHARS:
+            raise GrammarError(f"{self.param}: {len(self.text)} characters; at most {MAX_SPEC_CHARS}", self.param)
 
 
 @dataclass
@@ -26,6 +45,8 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past the model's EOS (stop_token_ids still apply)
     logprobs: int | None = None  # None: off; N: logprob of each token plus the top-N alternatives
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI's)
+    structured: GrammarSpec | None = None  # constrain every sequence's output to this grammar
+    prompt_logprobs: int | None = None  # None: off; N: each prompt token's logprob and the top-N alternatives
 
     def __post_init__(self):
         checks = [
@@ -40,6 +61,7 @@ class SamplingParams:
             (1 <= self.n <= 64, "n must be in [1, 64]"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be in [0, 20]"),
             (all(-100 <= b <= 100 for b in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
         ]
         for ok, msg in checks:
@@ -89,6 +111,9 @@ class Sequence:
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     num_cached_prompt_tokens: int = 0  # prefix-cache hit on admission (usage accounting)
     num_preemptions: int = 0
+    prompt_logits: bool = False  # the prompt's logits are wanted (prompt logprobs): no prefix-cache reuse
+    grammar: object | None = None  # its walk through a grammar, for a structured output (engine/structured.py)
+    grammar_done: bool = False  # the grammar is complete: the sequence ends after this token
 
     @property
     def token_ids(self) -> list[int]:
@@ -146,6 +171,9 @@ class RequestOutput:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     num_output_tokens: int = 0  # generated so far, this sequence
     timing: RequestTiming | None = None  # on a sequence's last output only
+    # With SamplingParams.prompt_logprobs, on each sequence's first output: one entry per prompt token, the
+    # first None (nothing precedes it)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def finished(self) -> bool:

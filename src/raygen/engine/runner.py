@@ -7,6 +7,7 @@ per sequence that samples this step, nothing for tokens that only fill the cache
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,10 @@ class StepInputs:
     positions: torch.Tensor  # (T,) long
     meta: StepMetadata
     sample_index: torch.Tensor  # (S,) long: packed index of each sampling sequence's last token
+    # Prompt logprobs: packed indices whose logits are also wanted, and per sequence (req_id, position of
+    # its first such token, how many), in that order
+    prompt_index: torch.Tensor | None = None
+    prompt_spans: list[tuple[str, int, int]] | None = None
 
 
 class ModelRunner:
@@ -141,9 +146,12 @@ class ModelRunner:
             cur.append((pos + 1, table))
             real += len(table)
         close_group()
-        pre = []
+        pre, prompt_rows, spans = [], [], []
         for s in prefills:
             c, n, table = s.start, len(s.token_ids), s.block_table
+            if s.prompt_logits:
+                prompt_rows.extend(range(len(token_ids), len(token_ids) + n))
+                spans.append((s.req_id, c, n))
             pre.append(Prefill(len(token_ids), n, c, torch.tensor(table, dtype=torch.long, device=self.device)))
             token_ids.extend(s.token_ids)
             positions.extend(range(c, c + n))
@@ -151,17 +159,18 @@ class ModelRunner:
             last_index[s.req_id] = len(token_ids) - 1
         as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=self.device)  # noqa: E731
         return StepInputs(as_tensor(token_ids), as_tensor(positions), StepMetadata(as_tensor(slots), groups, pre),
-                          as_tensor([last_index[r] for r in out.sample_req_ids]))
+                          as_tensor([last_index[r] for r in out.sample_req_ids]),
+                          as_tensor(prompt_rows) if spans else None, spans or None)
 
     @torch.inference_mode()
     def execute(self, inputs: StepInputs) -> torch.Tensor:
-        """One forward over the packed batch → logits (S, V) float32, one row per sampling sequence."""
-        if self.device.type == "cuda":
-            with sdpa_kernel(CUDA_SDPA_BACKENDS):
-                hidden = self.forward(inputs.token_ids, inputs.positions, self.pool, inputs.meta)
-        else:
+        """One forward over the packed batch → logits (S + P, V) float32: one row per sampling sequence, then
+        one per prompt token whose logits were asked for (inputs.prompt_index)."""
+        with sdpa_kernel(CUDA_SDPA_BACKENDS) if self.device.type == "cuda" else contextlib.nullcontext():
             hidden = self.forward(inputs.token_ids, inputs.positions, self.pool, inputs.meta)
-        return F.linear(hidden[inputs.sample_index], self.forward.lm_head).float()
+        rows = inputs.sample_index if inputs.prompt_index is None else torch.cat([inputs.sample_index,
+                                                                                   inputs.prompt_index])
+        return F.linear(hidden[rows], self.forward.lm_head).float()
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         for src, dst in pairs:

@@ -25,6 +25,7 @@ class ScheduledSeq:
     token_ids: list[int]  # the tokens to run: a chunk of prompt, or the last token
     start: int  # the position of the first of them: tokens before it are in the KV cache
     block_table: list[int]  # the KV blocks of positions [0, start + len(token_ids)), in order
+    prompt_logits: bool = False  # the logits of every token run are wanted (prompt logprobs), not only the last
 
 
 @dataclass
@@ -114,9 +115,10 @@ class Scheduler:
         if not out.preempted_req_ids:  # memory is tight when we just preempted: admit nobody this step
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 seq = self.waiting[0]
-                hit = len(self.bm.lookup_prefix(seq.token_ids)) * self.bm.block_size
+                lookup = not seq.prompt_logits  # a cached prefix has no logits to give
+                hit = len(self.bm.lookup_prefix(seq.token_ids)) * self.bm.block_size if lookup else 0
                 n = min(seq.num_tokens - hit, budget)
-                computed = self.bm.allocate(seq.req_id, seq.token_ids, hit + n)
+                computed = self.bm.allocate(seq.req_id, seq.token_ids, hit + n, lookup=lookup)
                 if computed is None:
                     break  # FCFS: nobody jumps the head of the queue
                 self.waiting.popleft()
@@ -135,7 +137,8 @@ class Scheduler:
     def _scheduled(self, seq: Sequence, n: int) -> ScheduledSeq:
         c = seq.num_computed_tokens
         blocks = -(-(c + n) // self.bm.block_size)
-        return ScheduledSeq(seq.req_id, seq.tokens(c, n), c, self.bm.block_table(seq.req_id)[:blocks])
+        return ScheduledSeq(seq.req_id, seq.tokens(c, n), c, self.bm.block_table(seq.req_id)[:blocks],
+                            seq.prompt_logits and c < len(seq.prompt_ids))
 
     def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
         """Book a step's results: advance computed tokens, cache full blocks, append sampled tokens.

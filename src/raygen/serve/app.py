@@ -69,7 +69,8 @@ def build_graph(cfg: RaygenConfig) -> Application:
     safety = s.safety
     pre_args = dict(model_dir=str(model_dir), max_tokens_default=s.max_tokens_default,
                     max_tokens_limit=s.max_tokens_limit, system_prompt=s.system_prompt, truncation=s.truncation,
-                    safety=safety, max_prompt_tokens=s.max_prompt_tokens, model_name=name, observability=obs)
+                    safety=safety, max_prompt_tokens=s.max_prompt_tokens, model_name=name, observability=obs,
+                    tool_parser=s.tool_parser)
     post_args = dict(model_dir=str(model_dir), safety=safety, model_name=name, observability=obs)
     if s.split_processing or s.safety.classifier:
         # Own deployments: scale tokenization and output checks (a classifier model) apart from the HTTP edge.

@@ -110,6 +110,10 @@ class ServeConfig(ConfigModel):
     system_prompt: str | None = Field(None, description="Prepended to chat conversations that have none.")
     truncation: Literal["error", "left"] = Field(
         "error", description="A prompt longer than the context: refuse it (400), or keep its last tokens.")
+    tool_parser: Literal["auto", "hermes", "llama3_json"] = Field(
+        "auto", description="How tool calls are read from the model's output under tool_choice auto: hermes "
+        "(<tool_call>{json}</tool_call>: Qwen, Hermes, raygen's default template) or llama3_json (the output "
+        "one JSON object); auto picks llama3_json for Llama-3 style chat templates, else hermes.")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)

@@ -35,7 +35,9 @@ from raygen.serve.cache import cache_key, cacheable
 from raygen.serve.config import AuthSettings
 from raygen.serve.postprocess import Postprocessor
 from raygen.serve.preprocess import Preprocessor
-from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, Delta, load_json, parse_request
+from raygen.serve import tools
+from raygen.serve.protocol import (ChatCompletionRequest, CompletionRequest, Delta, DetokenizeRequest, TokenizeRequest,
+                                   load_json, parse_request)
 from raygen.serve.schema import (ChatCompletionChunk, ChatCompletionResponse, CompletionChunk, CompletionResponse,
                                  ModelList, error_responses, generation_route, install_openapi)
 
@@ -198,6 +200,7 @@ class Ingress(SpanSource):
         self.llm = llm
         self.model_name = model_name
         self.version = version
+        self._tool_parser: str | None = None  # asked of the preprocessor on the first request with tools
         self.max_body_bytes = max_body_bytes
         auth = auth or AuthSettings()
         self.keys = KeyStore.load(auth.keys, auth.keys_file)
@@ -237,6 +240,38 @@ class Ingress(SpanSource):
             return _error(exc, "models")
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0,
                                              "owned_by": "raygen", "root": f"{self.model_name}/{self.version}"}]}
+
+    @api.post("/tokenize")
+    async def tokenize(self, request: Request):
+        """vLLM's /tokenize: {prompt} or {messages} → {count, max_model_len, tokens[, token_strs]}."""
+        return await self._tokenizer_route(request, TokenizeRequest, "tokenize")
+
+    @api.get("/tokenizer_info")
+    async def tokenizer_info(self, request: Request):
+        """vLLM's /tokenizer_info: special tokens, chat template, context length."""
+        try:
+            key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            self.keys.authorize(key, self.model_name)
+            return await self.pre.tokenizer_info.remote()
+        except Exception as exc:
+            return _error(self._as_error(exc), "tokenizer_info")
+
+    @api.post("/detokenize")
+    async def detokenize(self, request: Request):
+        """vLLM's /detokenize: {tokens} → {prompt}."""
+        return await self._tokenizer_route(request, DetokenizeRequest, "detokenize")
+
+    async def _tokenizer_route(self, request: Request, model_cls, method: str):
+        try:
+            key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            req = parse_request(await self._body(request), model_cls)
+            if req.model not in (None, self.model_name, f"{self.model_name}/{self.version}"):
+                raise RequestError(f"model {req.model!r} does not exist; this server has {self.model_name!r}",
+                                   status=404, param="model", code="model_not_found")
+            self.keys.authorize(key, self.model_name)
+            return await getattr(self.pre, method).remote(req)
+        except Exception as exc:
+            return _error(self._as_error(exc), method)
 
     @api.post("/admin/cache/invalidate")
     async def invalidate(self, request: Request):
@@ -309,7 +344,8 @@ class Ingress(SpanSource):
             prompt_ids, params = await prepare.remote(req, trace=obs.carrier())
             reserved = len(prompt_ids) + params.max_tokens * params.n
             account = await self._admit(obs.key_name, reserved, request_id, headers, obs)
-            first, deltas = await self._start(prompt_ids, params, obs)
+            tool_mode = await self._tool_mode(req) if kind == "chat" else None
+            first, deltas = await self._start(prompt_ids, params, obs, req.echo_spec)
         except Exception as exc:
             self._settle_account(account, 0)
             err = self._as_error(exc)
@@ -323,8 +359,18 @@ class Ingress(SpanSource):
         ckey = ckey if version == self.version else None
         if req.stream:
             return _ClosingStreamingResponse(self._sse(kind, request_id, req, first, deltas, ckey, account, obs,
-                                                       version), media_type="text/event-stream", headers=headers)
-        return await self._whole(kind, request_id, first, deltas, ckey, account, obs, version, headers)
+                                                       version, tool_mode), media_type="text/event-stream",
+                                             headers=headers)
+        return await self._whole(kind, request_id, first, deltas, ckey, account, obs, version, headers, tool_mode)
+
+    async def _tool_mode(self, req) -> tuple[str, str | None] | None:
+        """(how the output is parsed into tool calls, the forced function's name) or None: no tools, or none."""
+        choice = req.tool_choice or ("auto" if req.tools else None)
+        if not req.tools or choice == "none":
+            return None
+        if self._tool_parser is None:
+            self._tool_parser = await self.pre.tool_parser_name.remote()
+        return tools.mode(choice, self._tool_parser), req.named_tool
 
     async def _parse(self, request: Request, kind: str, obs: RequestObserver):
         """Authenticate, read and validate the body, check the model and the key's right to it."""
@@ -380,11 +426,11 @@ class Ingress(SpanSource):
                                else "rate_limit_exceeded")
         return key_name, reserved, lease
 
-    async def _start(self, prompt_ids: list[int], params, obs: RequestObserver):
+    async def _start(self, prompt_ids: list[int], params, obs: RequestObserver, echo=None):
         """Start generating; returns (first delta or None, the rest). A model replica that died before the first
         delta (nothing reached the client yet) gets the request once more: Serve routes it to a live one."""
         for attempt in (1, 2):
-            deltas = self.post.options(stream=True).stream.remote(prompt_ids, params, trace=obs.carrier())
+            deltas = self.post.options(stream=True).stream.remote(prompt_ids, params, trace=obs.carrier(), echo=echo)
             try:
                 return await deltas.__anext__(), deltas
             except StopAsyncIteration:
@@ -422,7 +468,7 @@ class Ingress(SpanSource):
         if account:
             self._gateway_tell("settle", account[0], account[1], used, account[2])
 
-    async def _whole(self, kind, request_id, first, deltas, ckey, account, obs, version, headers):
+    async def _whole(self, kind, request_id, first, deltas, ckey, account, obs, version, headers, tool_mode=None):
         """A non-streamed answer: gather every delta, then one JSON body."""
         choices: dict[int, list[Delta]] = {}
         try:
@@ -435,6 +481,8 @@ class Ingress(SpanSource):
             obs.finish(err.status, error=err.message)
             return _error(err, request_id, {**({"x-trace-id": obs.trace_id} if obs.trace_id else {}), **err.headers()})
         result = fmt.whole(kind, request_id, self.model_name, version, choices)
+        if tool_mode is not None:
+            fmt.with_tool_calls(result, *tool_mode)
         self._settle(obs, result)
         self._after(result, ckey, account)
         return JSONResponse(result, headers=headers)
@@ -490,8 +538,9 @@ class Ingress(SpanSource):
         return RequestError(f"internal error: {exc.__class__.__name__}", status=500, type="server_error")
 
     async def _sse(self, kind: str, request_id: str, req, first: Delta | None, deltas, ckey, account,
-                   obs: RequestObserver, version: str):
+                   obs: RequestObserver, version: str, tool_mode=None):
         choices: dict[int, list[Delta]] = {}
+        parsers: dict[int, tools.ToolStream] = {}  # per choice, with tool calls to read from the output
         offsets: dict[int, int] = {}
         generated: dict[int, int] = {}  # tokens so far per choice, for continuous_usage_stats
         continuous = bool(req.stream_options and req.stream_options.continuous_usage_stats)
@@ -502,6 +551,14 @@ class Ingress(SpanSource):
                 first_of_choice = d.index not in choices
                 choices.setdefault(d.index, []).append(d)
                 c = fmt.choice(kind, d.index, [d], stream=True, first=first_of_choice, offset=offsets.get(d.index, 0))
+                if tool_mode is not None:
+                    parser = parsers.setdefault(d.index, tools.ToolStream(*tool_mode))
+                    events = parser.feed(d.text) + (parser.finish() if d.finish_reason else [])
+                    c["delta"] = tools.stream_delta(events, first_of_choice)
+                    if d.finish_reason == "stop" and parser.calls:
+                        c["finish_reason"] = "tool_calls"
+                    if not c["delta"] and not c["finish_reason"] and not c.get("logprobs"):
+                        continue  # markup held back: nothing to send yet
                 if c.get("logprobs") and kind == "text":
                     offsets[d.index] = offsets.get(d.index, 0) + sum(len(t) for t in c["logprobs"]["tokens"])
                 chunk = fmt.envelope(kind, request_id, self.model_name, version, [c], True)
@@ -523,6 +580,8 @@ class Ingress(SpanSource):
                 self._settle_account(account, 0 if err else account[1] if account else 0)
         if choices:
             result = fmt.whole(kind, request_id, self.model_name, version, choices)
+            if tool_mode is not None:
+                fmt.with_tool_calls(result, *tool_mode)
             if done:  # booked before the last yields, which a leaving client never resumes
                 self._settle(obs, result)
                 self._after(result, ckey, account)

@@ -19,7 +19,7 @@ from ray import serve
 
 from raygen.engine.config import EngineConfig
 from raygen.engine.request import RequestOutput, SamplingParams
-from raygen.errors import EngineOverloadedError, RequestError, unavailable
+from raygen.errors import EngineOverloadedError, GrammarError, RequestError, unavailable
 from raygen.observability.config import ObservabilitySettings
 from raygen.observability.metrics import record
 from raygen.observability.process import init_process
@@ -58,7 +58,11 @@ class LLMServer(SpanSource):
                                                "raygen.max_tokens": params.max_tokens})
         try:
             try:
+                if params.structured is not None:  # compiled on a worker thread, once per spec (cached)
+                    await self.engine.compile_grammar(params.structured)
                 stream = self.engine.add_request(prompt_ids, params, batched=True)
+            except GrammarError as exc:  # a schema, regex or grammar that does not compile
+                raise RequestError(str(exc), param=exc.param) from exc
             except ValueError as exc:  # too long for the cache, bad ids: the caller's fault
                 raise RequestError(str(exc), param="prompt") from exc
             except EngineOverloadedError as exc:

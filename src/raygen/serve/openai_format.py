@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from raygen.serve import tools
 from raygen.serve.protocol import Delta
 
 OBJECT = {"text": ("text_completion", "text_completion"), "chat": ("chat.completion", "chat.completion.chunk")}
@@ -31,7 +32,8 @@ def logprobs(kind: str, entries: list[dict] | None, offset: int = 0) -> dict | N
         offsets.append(offset)
         offset += len(e["token"])
     return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [dict(e["top"]) for e in entries], "text_offset": offsets}
+            "top_logprobs": [dict(e["top"]) if e["top"] is not None else None for e in entries],
+            "text_offset": offsets}
 
 
 def choice(kind: str, index: int, deltas: list[Delta], stream: bool, first: bool = False, offset: int = 0) -> dict:
@@ -41,12 +43,28 @@ def choice(kind: str, index: int, deltas: list[Delta], stream: bool, first: bool
     out = {"index": index, "logprobs": logprobs(kind, entries, offset), "finish_reason": deltas[-1].finish_reason}
     if kind == "text":
         out["text"] = text
+        prompt_lps = next((d.prompt_logprobs for d in deltas if d.prompt_logprobs is not None), None)
+        if prompt_lps is not None:
+            out["prompt_logprobs"] = prompt_lps
     elif stream:
         out["delta"] = ({"role": "assistant", "content": text} if first else {"content": text}) \
             if text or first or not deltas[-1].finish_reason else {}
     else:
         out["message"] = {"role": "assistant", "content": text}
     return out
+
+
+def with_tool_calls(body: dict, mode: str, named: str | None) -> dict:
+    """A whole chat body with each choice's tool calls read from its text (serve/tools.py): message.tool_calls,
+    the text outside them as content (null when none), finish_reason tool_calls when it stopped on its own."""
+    for c in body["choices"]:
+        msg = c["message"]
+        content, calls = tools.parse_whole(msg["content"] or "", mode, named)
+        if calls:
+            msg["content"], msg["tool_calls"] = content, [call.as_dict() for call in calls]
+            if c["finish_reason"] == "stop":
+                c["finish_reason"] = "tool_calls"
+    return body
 
 
 def usage(last: list[Delta]) -> dict:
@@ -80,6 +98,8 @@ def replay(kind: str, body: dict, request_id: str, include_usage: bool, continuo
         part = {"index": c["index"], "logprobs": c["logprobs"], "finish_reason": c["finish_reason"]}
         if kind == "text":
             part["text"] = text
+            if "prompt_logprobs" in c:
+                part["prompt_logprobs"] = c["prompt_logprobs"]
         else:
             part["delta"] = {"role": "assistant", "content": text}
         chunks.append({**body, "id": request_id, "object": OBJECT[kind][True], "choices": [part]})

@@ -19,14 +19,23 @@ from raygen.observability.metrics import record
 from raygen.observability.process import init_process
 from raygen.observability.tracing import SpanSource, extract, tracer
 from raygen.registry import local_model_dir
-from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest
+from raygen.serve.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from raygen.serve.safety import SafetyFilter, hf_classifier
+from raygen.serve.tools import pick_parser
 
 log = logging.getLogger(__name__)
 
-# Used when the tokenizer brings no chat template (raygen's own BPE tokenizers do not).
+# Used when the tokenizer brings no chat template (raygen's own BPE tokenizers do not). Tools are listed in a
+# system block and called with Hermes-style markup (serve/tools.py parses it); without tools it renders as it
+# always did.
 DEFAULT_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if tools %}<|system|>\nTools you can call. To call one, answer with <tool_call>{\"name\": ..., "
+    "\"arguments\": {...}}</tool_call>, one block per call.\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+    "{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n"
+    "{% if m.tool_calls is defined and m.tool_calls %}{% for c in m.tool_calls %}<tool_call>"
+    "{\"name\": {{ c.function.name | tojson }}, \"arguments\": {{ c.function.arguments | tojson }}}</tool_call>"
+    "{% endfor %}{% else %}{{ m['content'] }}{% endif %}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
@@ -48,7 +57,8 @@ def build_safety(cfg: SafetySettings) -> SafetyFilter:
 class Preprocessor(SpanSource):
     def __init__(self, model_dir: str, max_tokens_default: int, max_tokens_limit: int, system_prompt: str | None = None,
                  truncation: str = "error", safety: SafetySettings | None = None, max_prompt_tokens: int | None = None,
-                 model_name: str = "model", observability: ObservabilitySettings | None = None):
+                 model_name: str = "model", observability: ObservabilitySettings | None = None,
+                 tool_parser: str = "auto"):
         from transformers import AutoTokenizer
 
         init_process(observability, "raygen-preprocessor")
@@ -56,6 +66,7 @@ class Preprocessor(SpanSource):
         model_dir = local_model_dir(model_dir)  # a registry version's URI: copied to this node once
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.chat_template = self.tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+        self.tool_parser = pick_parser(tool_parser, self.chat_template)
         self.context = context_window(model_dir)
         self.max_tokens_default = max_tokens_default
         self.max_tokens_limit = max_tokens_limit
@@ -68,6 +79,10 @@ class Preprocessor(SpanSource):
 
     def safety_stats(self) -> dict[str, int]:
         return dict(self.refused)
+
+    def tool_parser_name(self) -> str:
+        """The parser of tool calls under tool_choice auto (serve/tools.py), as configured or picked."""
+        return self.tool_parser
 
     def _check_input(self, text: str) -> None:
         v = self.safety.violation(text, "input") if self.safety else None
@@ -93,6 +108,41 @@ class Preprocessor(SpanSource):
             span.set_attribute("raygen.prompt_tokens", len(ids))
             return ids, params
 
+    def tokenize(self, req: TokenizeRequest) -> dict:
+        """POST /tokenize: the ids a prompt (or chat messages, templated as a chat request would be) becomes."""
+        if req.messages is not None:
+            messages = [m.template_dict() for m in req.messages]
+            if self.system_prompt and messages and messages[0]["role"] not in ("system", "developer"):
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            try:
+                text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                          add_generation_prompt=req.add_generation_prompt)
+            except Exception as exc:
+                raise RequestError(f"messages: {exc}", param="messages") from exc
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"]
+        out = {"count": len(ids), "max_model_len": self.context, "tokens": ids}
+        if req.return_token_strs:
+            out["token_strs"] = self.tokenizer.convert_ids_to_tokens(ids)
+        return out
+
+    def tokenizer_info(self) -> dict:
+        """GET /tokenizer_info (vLLM's): the special tokens, the chat template and the context, for clients that
+        tokenize remotely (lm-evaluation-harness' remote tokenizer)."""
+        t = self.tokenizer
+        return {"tokenizer_class": type(t).__name__, "eos_token": t.eos_token, "bos_token": t.bos_token,
+                "pad_token": t.pad_token, "unk_token": t.unk_token, "chat_template": self.chat_template,
+                "model_max_length": self.context, "vocab_size": len(t)}
+
+    def detokenize(self, req: DetokenizeRequest) -> dict:
+        """POST /detokenize: the text of token ids (ids outside the vocabulary are a 400 naming them)."""
+        bad = [t for t in req.tokens if not 0 <= t < len(self.tokenizer)]
+        if bad:
+            raise RequestError(f"token ids {bad[:5]} are outside the vocabulary (0..{len(self.tokenizer) - 1})",
+                               param="tokens")
+        return {"prompt": self.tokenizer.decode(req.tokens)}
+
     def _prepare(self, req: CompletionRequest) -> tuple[list[int], SamplingParams]:
         if isinstance(req.prompt, str):
             self._check_input(req.prompt)
@@ -107,13 +157,14 @@ class Preprocessor(SpanSource):
         return self._finish(ids, req, req.max_tokens)
 
     def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
-        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        messages = [m.template_dict() for m in req.messages]
         if self.system_prompt and messages[0]["role"] not in ("system", "developer"):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         self._check_input("\n".join(m["content"] for m in messages if m["role"] != "assistant"))
+        tools = [{"type": "function", "function": f} for f in req.function_defs] or None
         try:
             text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                      add_generation_prompt=True)
+                                                      add_generation_prompt=True, tools=tools)
         except Exception as exc:  # templates raise on role orders they do not support
             raise RequestError(f"messages: {exc}", param="messages") from exc
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -125,6 +176,8 @@ class Preprocessor(SpanSource):
         if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
             raise RequestError(f"the prompt has {len(ids)} tokens; this server takes at most {self.max_prompt_tokens}",
                                status=413, param="prompt", code="prompt_too_large")
+        if max_tokens == 0:  # echo alone: generate one token, which the postprocessor drops (Echo.keep_output)
+            max_tokens = 1
         max_tokens = max_tokens or self.max_tokens_default
         if max_tokens > self.max_tokens_limit:
             raise RequestError(f"max_tokens {max_tokens} exceeds this server's limit of {self.max_tokens_limit}",
@@ -146,6 +199,7 @@ class Preprocessor(SpanSource):
                 max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                 min_p=req.min_p, repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
                 frequency_penalty=req.frequency_penalty, seed=req.seed, n=req.n, stop=req.stop or [],
-                ignore_eos=req.ignore_eos, logprobs=req.num_logprobs, logit_bias=bias)
+                ignore_eos=req.ignore_eos, logprobs=req.num_logprobs, logit_bias=bias, structured=req.grammar_spec,
+                prompt_logprobs=req.num_prompt_logprobs)
         except ValueError as exc:
             raise RequestError(str(exc)) from exc

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FinishReason = Literal["stop", "length", "content_filter"] | None
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"] | None
 
 
 class PromptTokensDetails(BaseModel):
@@ -24,9 +24,15 @@ class Usage(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None] = Field(description="With echo, the first prompt token's is null.")
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = Field(description="1 = the most likely token; null when outside the top asked for.")
+    decoded_token: str
 
 
 class CompletionChoice(BaseModel):
@@ -34,6 +40,8 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: FinishReason = Field(description="On the choice's last chunk; null before it.")
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        None, description="vLLM's, when prompt_logprobs is asked for: per prompt token, the first null.")
 
 
 class _Envelope(BaseModel):
@@ -72,9 +80,33 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text.")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None = Field(description="Null when the answer is tool calls alone.")
+    tool_calls: list[ToolCall] | None = None
+
+
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = Field(None, description="On the call's first delta, with type and name.")
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
 
 
 class ChatChoice(BaseModel):
@@ -93,6 +125,18 @@ class ChatCompletionResponse(_Envelope):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = Field(None, description="On a choice's first chunk.")
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class ChatChunkChoice(BaseModel):
