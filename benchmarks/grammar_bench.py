@@ -10,12 +10,16 @@ For each engine and each schema of the structured-output tests:
   mask/token  filling one sequence's token bitmask and accepting a token, along a seeded random walk
               through the grammar (a random allowed token each step, as a random-init model samples)
   batch step  filling the bitmasks of `--batch` sequences at once (each engine's batched call)
+  valid       of `--walks` random walks that the grammar let finish, how many are JSON that validates
+              against the schema (jsonschema): a constraint that lets an invalid output through is wrong,
+              however fast
 The tokenizer is raygen's byte-level BPE trained on the demo corpus (8192 tokens, GPT-2 style).
 
 --engine: raygen's engine (GPT-2 6x512, the engine bench's preset, random init, fp32) keeps `--concurrency`
 sequences running (a finished one is replaced at once) for a fixed number of steps, every sequence sampled
-(temperature 1) under one of the JSON schemas, against the same with no constraint; paired alternating
-rounds, medians; prints output tok/s of each and the overhead.
+(temperature 1) under one of the JSON schemas, against the same with no constraint (EOS off, each running
+out the length of a constrained output from a calibration run, so contexts and prefills match); paired
+alternating rounds, medians; prints output tok/s of each and the overhead.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from jsonschema import Draft202012Validator  # noqa: E402
 from structured_schemas import SCHEMAS  # noqa: E402  (the schemas the tests validate against)
 
 
@@ -61,7 +66,7 @@ class XGrammar:
         self.vocab = vocab
 
     def compile(self, schema: dict):
-        return self.compiler.compile_json_schema(json.dumps(schema))
+        return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
 
     def matcher(self, compiled):
         return self.xgr.GrammarMatcher(compiled)
@@ -98,7 +103,8 @@ class LLGuidance:
         self.vocab = vocab
 
     def compile(self, schema: dict):
-        grammar = self.ll.LLMatcher.grammar_from_json_schema(json.dumps(schema))
+        grammar = self.ll.LLMatcher.grammar_from_json_schema(json.dumps(schema),
+                                                             defaults={"whitespace_flexible": False})
         m = self.ll.LLMatcher(self.tok, grammar)  # llguidance compiles lazily, per matcher
         assert not m.is_error(), m.get_error()
         return grammar
@@ -129,11 +135,14 @@ def allowed(mask_row, vocab: int) -> list[int]:
     return [t for t in range(vocab) if (bits[t >> 5] >> (t & 31)) & 1]
 
 
-def walk(engine, compiled, rng: random.Random, steps: int) -> list[float]:
-    """Seconds per token (fill + accept) along one random walk of at most `steps` tokens."""
+def walk(engine, compiled, rng: random.Random, steps: int, tokens: list | None = None) -> list[float]:
+    """Seconds per token (fill + accept) along one random walk of at most `steps` tokens; the tokens chosen
+    are appended to `tokens`, and None at the end when the grammar finished."""
     m, mask, out = engine.matcher(compiled), engine.bitmask(1), []
+    tokens = [] if tokens is None else tokens
     for _ in range(steps):
         if engine.done(m):
+            tokens.append(None)
             break
         t = time.perf_counter()
         engine.fill(m, mask, 0)
@@ -142,14 +151,18 @@ def walk(engine, compiled, rng: random.Random, steps: int) -> list[float]:
         if not ok:
             break
         tok = rng.choice(ok)
+        tokens.append(tok)
         t = time.perf_counter()
         engine.accept(m, tok)
         out.append(fill_s + time.perf_counter() - t)
     return out
 
 
-def engine_round(engine, constrained: bool, concurrency: int, steps: int, seed: int) -> float:
-    """Output tokens/s with `concurrency` sequences kept running for `steps` steps (after 10 warm-up steps)."""
+def engine_round(engine, constrained: bool, concurrency: int, steps: int, seed: int,
+                 lengths: list[int] | None = None) -> tuple[float, list[int]]:
+    """(output tokens/s with `concurrency` sequences kept running for `steps` steps after 10 warm-up steps,
+    the lengths of the outputs that finished). Free sequences run out max_tokens taken in turn from `lengths`
+    (the constrained outputs' own lengths), so both runs carry the same contexts and the same prefills."""
     from raygen.engine.request import GrammarSpec, SamplingParams
 
     specs = [GrammarSpec("json_schema", json.dumps(SCHEMAS[k])) for k in sorted(SCHEMAS)]
@@ -161,28 +174,32 @@ def engine_round(engine, constrained: bool, concurrency: int, steps: int, seed: 
         nonlocal n
         n += 1
         rid = f"r{seed}-{n}"
-        # Unconstrained sequences get lengths like the constrained outputs' (EOS off, so they run them out).
+        max_tokens = 256 if constrained else lengths[n % len(lengths)]
         engine.add_request(rid, prompt + [rng.randrange(5, 8000) for _ in range(rng.randint(8, 64))],
-                           SamplingParams(max_tokens=rng.randint(24, 96), temperature=1.0, seed=n,
-                                          ignore_eos=not constrained,
+                           SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=n, ignore_eos=not constrained,
                                           structured=specs[n % len(specs)] if constrained else None))
         live.add(rid)
 
     for _ in range(concurrency):
         add()
-    tokens, t0 = 0, None
+    tokens, t0, done = 0, None, []
     for step in range(steps + 10):
         if step == 10:
             tokens, t0 = 0, time.perf_counter()
+            engine.step_log = []
         for o in engine.step():
             tokens += len(o.token_ids)
             if o.finished:
+                done.append(o.num_output_tokens)
                 live.discard(o.req_id)
                 add()
     rate = tokens / (time.perf_counter() - t0)
+    # Decode steps of the full batch alone (no prompt chunk in them): what a constraint adds to a step.
+    decode = [r.seconds for r in engine.step_log if r.num_sampled == concurrency and all(n == 1 for n, _ in r.tokens)]
+    engine.step_log = None
     for rid in list(live):
         engine.abort(rid)
-    return rate
+    return (concurrency / statistics.median(decode) if decode else float("nan")), rate, done
 
 
 def engine_overhead(args) -> None:
@@ -202,16 +219,43 @@ def engine_overhead(args) -> None:
         from raygen.engine.request import GrammarSpec
 
         engine.compile_grammar(GrammarSpec("json_schema", json.dumps(spec_schema)))
-    runs: dict[bool, list[float]] = {False: [], True: []}
+    # The grammar's own time in the step (mask fill + apply, token accept), timed around its two calls.
+    from raygen.engine.structured import Grammars
+
+    spent = {"s": 0.0}
+
+    def timed(fn):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent["s"] += time.perf_counter() - t
+        return wrapper
+
+    Grammars.apply = timed(Grammars.apply)
+    Grammars.accept = staticmethod(timed(Grammars.accept))
+    *_, lengths = engine_round(engine, True, args.concurrency, args.engine_steps, seed=99)  # calibration
+    print(f"  constrained outputs: {len(lengths)} finished, median {statistics.median(lengths)} tokens", flush=True)
+    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    share: list[float] = []
     for r in range(args.rounds):
         for constrained in ((False, True) if r % 2 == 0 else (True, False)):
-            rate = engine_round(engine, constrained, args.concurrency, args.engine_steps, seed=r)
-            runs[constrained].append(rate)
-            print(f"  round {r + 1} {'constrained' if constrained else 'free':11s} {rate:7.1f} tok/s", flush=True)
-    free, cons = statistics.median(runs[False]), statistics.median(runs[True])
+            spent["s"], t0 = 0.0, time.perf_counter()
+            dec, rate, _ = engine_round(engine, constrained, args.concurrency, args.engine_steps, seed=r,
+                                        lengths=lengths)
+            runs[constrained].append((dec, rate))
+            if constrained:
+                share.append(spent["s"] / (time.perf_counter() - t0))
+            print(f"  round {r + 1} {'constrained' if constrained else 'free':11s} decode steps of "
+                  f"{args.concurrency}: {dec:7.1f} tok/s; whole run {rate:7.1f} tok/s", flush=True)
+    med = {k: (statistics.median(d for d, _ in v), statistics.median(t for _, t in v)) for k, v in runs.items()}
     print(f"\nengine, {args.concurrency} sequences running, {args.engine_steps} steps a round, {args.rounds} paired "
-          f"rounds, {torch.get_num_threads()} threads: free {free:.1f} tok/s, all constrained {cons:.1f} tok/s; "
-          f"overhead {100 * (1 - cons / free):.1f}% (medians)")
+          f"rounds, {torch.get_num_threads()} threads (medians): decode steps of {args.concurrency} sequences "
+          f"free {med[False][0]:.1f} tok/s, all constrained {med[True][0]:.1f} tok/s: overhead "
+          f"{100 * (1 - med[True][0] / med[False][0]):.1f}%; whole runs {med[False][1]:.1f} vs {med[True][1]:.1f} "
+          "tok/s (these differ in prefills: constrained outputs end on their own); the grammar's own calls took "
+          f"{100 * statistics.median(share):.1f}% of the constrained runs' time")
 
 
 def main() -> None:
@@ -219,6 +263,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--walks", type=int, default=100, help="random walks per schema checked for valid JSON")
     ap.add_argument("--engine", action="store_true", help="the engine's constrained-decoding overhead instead")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=64)
@@ -249,16 +294,28 @@ def main() -> None:
                 t = time.perf_counter()
                 engine.fill_batch(ms, mask)
                 batch.append(time.perf_counter() - t)
+            finished = valid = 0
+            validator = Draft202012Validator(schema)
+            for seed in range(args.walks):
+                toks: list = []
+                walk(engine, compiled, random.Random(1000 + seed), 512, toks)
+                if toks and toks[-1] is None:
+                    finished += 1
+                    text = tok.decode([t for t in toks[:-1] if t != tok.eos_token_id])
+                    try:
+                        valid += validator.is_valid(json.loads(text))
+                    except ValueError:
+                        pass
             rows.append((engine.name, name, engine.setup_s, cold, warm, statistics.median(per_tok),
-                         sorted(per_tok)[int(0.99 * (len(per_tok) - 1))], statistics.median(batch)))
+                         sorted(per_tok)[int(0.99 * (len(per_tok) - 1))], statistics.median(batch), valid, finished))
             print(f"  {engine.name:10s} {name:14s} compile {cold * 1e3:8.1f} ms (again {warm * 1e3:6.2f} ms)  "
                   f"mask+accept p50 {rows[-1][5] * 1e6:7.0f} us p99 {rows[-1][6] * 1e6:7.0f} us  "
-                  f"batch of {args.batch} {rows[-1][7] * 1e3:6.2f} ms", flush=True)
+                  f"batch of {args.batch} {rows[-1][7] * 1e3:6.2f} ms  valid {valid}/{finished}", flush=True)
     print("\n| engine | tokenizer setup (ms) | schema | compile cold / again (ms) | mask+accept p50 / p99 (us) | "
-          f"{args.batch} masks at once (ms) |\n|---|---|---|---|---|---|")
+          f"{args.batch} masks at once (ms) | valid JSON of finished walks |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[2] * 1e3:.0f} | {r[1]} | {r[3] * 1e3:.1f} / {r[4] * 1e3:.2f} | {r[5] * 1e6:.0f} / "
-              f"{r[6] * 1e6:.0f} | {r[7] * 1e3:.2f} |")
+              f"{r[6] * 1e6:.0f} | {r[7] * 1e3:.2f} | {r[8]} / {r[9]} |")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,9 @@ def client(ray_cluster, tmp_path_factory):
                                     "serve.rate_limit.enabled=false", "serve.cache.enabled=false"])
     url = app.run(cfg)
     wait_ready(url)
-    yield openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    client.raygen_url = url
+    yield client
     serve.shutdown()
 
 
@@ -143,6 +145,34 @@ def test_a_follow_up_turn_with_the_tool_result(client):
                   {"role": "tool", "tool_call_id": call.id, "content": '{"time": "12:00"}'}]
     r = client.chat.completions.create(model="toolsmodel", messages=turn, tools=TOOLS, max_tokens=8, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length") and r.usage.prompt_tokens > 40
+
+
+def test_the_chat_page_shows_tool_calls(client):
+    import shutil
+
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser_path is None:
+        pytest.skip("no chromium here: install Debian's `chromium` (CI installs it) to run the UI test")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(client.raygen_url + "/")
+            page.wait_for_function("document.querySelector('#model').options.length > 0", timeout=30_000)
+            page.fill("#max_tokens", "120")
+            page.fill("#tools", json.dumps(TOOLS))
+            page.select_option("#tool_choice", "required")
+            page.fill("#prompt", "Weather in Paris?")
+            page.click("#send")
+            page.wait_for_function("/^(finish|error)/.test(document.querySelector('#status').textContent)",
+                                   timeout=60_000)
+            assert page.text_content("#status").startswith("finish: tool_calls"), page.text_content("#status")
+            shown = page.text_content(".msg.tool")
+            assert shown.startswith("tool call get_") and shown.endswith("})"), shown
+        finally:
+            browser.close()
 
 
 @pytest.mark.parametrize("extra, param", [

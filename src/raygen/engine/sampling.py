@@ -50,23 +50,32 @@ def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
            ) -> torch.Tensor:
     """One token per row. logits (B, V) after penalties. Greedy rows take argmax; others draw from the
-    filtered, temperature-scaled distribution with their own generator when seeded."""
+    temperature-scaled distribution, filtered (top-k / top-p / min-p) only in the rows that ask for it: the
+    filter sorts the whole vocabulary, 15 ms for 64 rows of 8192 on 2 CPU cores, a third of a decode step,
+    and a temperature alone needs no sort. Seeded rows draw with their own generator."""
     device = logits.device
-    greedy = torch.tensor([p.temperature == 0 for p in params], device=device)
-    temps = torch.tensor([p.temperature or 1.0 for p in params], device=device).unsqueeze(1)
-    filtered = filter_logits(
-        logits / temps,
-        torch.tensor([p.top_k for p in params], device=device),
-        torch.tensor([p.top_p for p in params], device=device),
-        torch.tensor([p.min_p for p in params], device=device),
-    )
-    probs = filtered.softmax(dim=-1)
     out = logits.argmax(dim=-1)
-    for i in range(len(params)):
-        if not greedy[i]:
-            # Exponential race (Gumbel-max in another form): argmax p / E, E ~ Exp(1), drawn per row.
-            e = torch.empty_like(probs[i]).exponential_(generator=generators[i])
-            out[i] = (probs[i] / e).argmax()
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if not sampled:
+        return out
+    temps = torch.tensor([params[i].temperature for i in sampled], device=device).unsqueeze(1)
+    scaled = logits[torch.tensor(sampled, device=device)] / temps
+    filtered = [j for j, i in enumerate(sampled)
+                if params[i].top_k or params[i].top_p < 1 or params[i].min_p > 0]
+    if filtered:
+        rows = torch.tensor(filtered, device=device)
+        ps = [params[sampled[j]] for j in filtered]
+        scaled[rows] = filter_logits(
+            scaled[rows],
+            torch.tensor([p.top_k for p in ps], device=device),
+            torch.tensor([p.top_p for p in ps], device=device),
+            torch.tensor([p.min_p for p in ps], device=device),
+        )
+    probs = scaled.softmax(dim=-1)
+    for j, i in enumerate(sampled):
+        # Exponential race (Gumbel-max in another form): argmax p / E, E ~ Exp(1), drawn per row.
+        e = torch.empty_like(probs[j]).exponential_(generator=generators[i])
+        out[i] = (probs[j] / e).argmax()
     return out
 
 
