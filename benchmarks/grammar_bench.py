@@ -220,7 +220,7 @@ def engine_overhead(args) -> None:
 
         engine.compile_grammar(GrammarSpec("json_schema", json.dumps(spec_schema)))
     # The grammar's own time in the step (mask fill + apply, token accept), timed around its two calls.
-    from raygen.engine.structured import Grammars
+    from raygen.engine import Grammars
 
     spent = {"s": 0.0}
 

@@ -15,6 +15,7 @@ __all__, __getattr__, __dir__ = exports(__name__, {
     "RequestOutput": "raygen.engine.request",
     "TokenLogprob": "raygen.engine.request",
     "GrammarSpec": "raygen.engine.request",
+    "Grammars": "raygen.engine.structured",
     "GrammarError": "raygen.errors",
     "EngineError": "raygen.errors",
     "EngineSetupError": "raygen.errors",

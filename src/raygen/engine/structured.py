@@ -91,21 +91,21 @@ class Grammars:
         if spec.kind in ("json_object", "json_schema"):
             schema = json.loads(spec.text) if spec.kind == "json_schema" else {"type": "object"}
             if not isinstance(schema, dict):
-                raise ValueError("a JSON schema is an object")
+                raise GrammarError("a JSON schema is an object", spec.param)
             return m.grammar_from_json_schema(schema, defaults={"whitespace_flexible": self.any_whitespace})
         if spec.kind == "regex":
             return m.grammar_from_regex(spec.text)
         if spec.kind == "choice":
             choices = json.loads(spec.text)
             if not choices or not all(isinstance(c, str) and c for c in choices):
-                raise ValueError("a choice needs a non-empty list of non-empty strings")
+                raise GrammarError("a choice needs a non-empty list of non-empty strings", spec.param)
             return m.grammar_from_regex("|".join(f"({_regex_literal(c)})" for c in choices))
         if spec.kind == "grammar":  # GBNF/EBNF (rules with ::=, as llama.cpp and xgrammar write them) or Lark
             from llguidance.gbnf_to_lark import gbnf_to_lark
 
             text = gbnf_to_lark(spec.text) if "::=" in spec.text else spec.text
             return m.grammar_from_lark(text)
-        raise ValueError(f"unknown kind {spec.kind!r}")
+        raise GrammarError(f"unknown kind {spec.kind!r}", spec.param)
 
     def _compile(self, spec: GrammarSpec):
         llg = _llg()
@@ -113,7 +113,7 @@ class Grammars:
             grammar = self._grammar(spec)
             matcher = llg.LLMatcher(self._tok, grammar, log_level=0)
             if matcher.is_error():
-                raise ValueError(matcher.get_error())
+                raise GrammarError(matcher.get_error(), spec.param)
         except Exception as exc:  # llguidance's own errors, JSON's, ours: all say what in the spec is wrong
             raise GrammarError(f"{spec.param}: does not compile: {_short(exc)}", spec.param) from exc
         return matcher

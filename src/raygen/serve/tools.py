@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from raygen.engine.request import GrammarSpec
+from raygen.errors import ConfigError
 
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
@@ -95,7 +96,7 @@ class ToolStream:
 
     def __init__(self, mode: str, named: str | None = None):
         if mode not in ("named", "required", *PARSERS):
-            raise ValueError(f"unknown tool-call mode {mode!r}")
+            raise ConfigError(f"unknown tool-call mode {mode!r}; use named, required, {' or '.join(PARSERS)}")
         self.mode, self.named = mode, named
         self.calls: list[Call] = []
         self._buf = ""
