@@ -228,10 +228,10 @@ def test_served_greedy_matches_transformers_and_n_logprobs_stop_work(server, tin
     # Fields of OpenAI's schema raygen does not implement are refused by name, never dropped.
     ({"prompt": "x", "suffix": "y"}, None, 400, "suffix"),
     ({"prompt": "x", "best_of": 4}, None, 400, "best_of"),
-    ({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "bad", "schema": {
+    ({"prompt": "x", "max_tokens": 4, "response_format": {"type": "json_schema", "json_schema": {"name": "bad", "schema": {
         "type": "object", "properties": {"a": {"type": "no-such-type"}}}}}}, None, 400,
      "response_format.json_schema.schema"),  # refused by the replica's compiler, named
-    ({"prompt": "x", "guided_regex": "([a-z"}, None, 400, "guided_regex"),
+    ({"prompt": "x", "max_tokens": 4, "guided_regex": "([a-z"}, None, 400, "guided_regex"),
     ({"prompt": "x", "seed": 2**64}, None, 400, "seed"),
     ({"prompt": "x", "max_tokens": 4, "logit_bias": {"100000": 5}}, None, 400, "logit_bias"),
 ])
@@ -252,13 +252,14 @@ def test_unknown_routes_and_wrong_methods_answer_openai_error_bodies(server):
         assert path in err["message"] and err["type"] == "invalid_request_error", err
 
 
-def test_chat_refuses_tools_by_name_and_honours_logit_bias(server, tiny_config):
+def test_chat_refuses_bad_tool_choices_by_name_and_honours_logit_bias(server, tiny_config):
     from transformers import AutoTokenizer
 
     from raygen.registry import Registry
 
     chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-    for extra, param in (({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    for extra, param in (({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                           "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
                          ({"tool_choice": "required"}, "tool_choice")):
         req = urllib.request.Request(f"{server}/v1/chat/completions", data=json.dumps({**chat, **extra}).encode(),
                                      headers={"Content-Type": "application/json"})
