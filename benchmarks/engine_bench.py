@@ -48,7 +48,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "engine"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-HF_STATIC = ("hf_static", "hf_sc")  # transformers' static-batch systems: the best of them is the baseline
+HF_STATIC = ("hf_static", "hf_sc", "hf_compiled")  # transformers' static-batch systems: the best of them is the baseline
 # Shapes by name. gpt2-small and llama-160m follow train/model.py's presets of those names (with GPT-2's
 # vocabulary and a 32k one, as its parameter counts assume); copied here so the bench needs no raygen.train.
 PRESETS = {
@@ -161,18 +161,31 @@ class _StepClock:
 
 
 def worker_hf_static(model: str, dtype: str, reqs: list[dict], batch: int, device: str,
-                     static_cache: bool = False) -> dict:
+                     static_cache: bool = False, compiled: bool = False) -> dict:
     """Static batches of `batch` through `generate`, with the default dynamic cache or, with `static_cache`,
-    transformers' preallocated one (`cache_implementation="static"`, its fastest decode path)."""
-    from transformers import LogitsProcessorList
+    transformers' preallocated one (`cache_implementation="static"`, its fastest decode path); `compiled`
+    adds transformers' own torch.compile of the decode forward, which it does on GPUs only unless told
+    (CompileConfig._compile_all_devices), warmed up on every batch's shapes before the clock starts."""
+    from transformers import CompileConfig, LogitsProcessorList
 
     extra = {"cache_implementation": "static"} if static_cache else {}
+    if compiled:
+        cc = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+        cc._compile_all_devices = True
+        extra = {"cache_implementation": "static", "compile_config": cc}
 
     m = _load_hf(model, dtype, device)
     times: list[list[float]] = [[] for _ in reqs]
     with torch.inference_mode():
         m.generate(torch.ones(1, 8, dtype=torch.long, device=device), max_new_tokens=4, do_sample=False,
                    pad_token_id=0)
+        if compiled:  # compile for each batch's shapes first: compile time is not serving time
+            for start in range(0, len(reqs), batch):
+                group = list(range(start, min(start + batch, len(reqs))))
+                width = max(len(reqs[i]["prompt"]) for i in group)
+                new = max(reqs[i]["max_tokens"] for i in group)
+                m.generate(torch.ones(len(group), width, dtype=torch.long, device=device), max_new_tokens=new,
+                           do_sample=False, pad_token_id=0, **extra)
         _sync(device)
         t0 = time.perf_counter()
         for start in range(0, len(reqs), batch):
@@ -236,6 +249,9 @@ def run_worker(args) -> None:
     elif kind.startswith("hf_sc"):
         res = worker_hf_static(args.model, args.dtype, reqs, int(kind.removeprefix("hf_sc")), args.device,
                                static_cache=True)
+    elif kind.startswith("hf_compiled"):
+        res = worker_hf_static(args.model, args.dtype, reqs, int(kind.removeprefix("hf_compiled")), args.device,
+                               compiled=True)
     elif kind == "hf_cb":
         res = worker_hf_cb(args.model, args.dtype, reqs, args.device)
     else:
@@ -535,6 +551,8 @@ def system_name(kind: str) -> str:
         return f"transformers generate, static batch {kind.removeprefix('hf_static')}"
     if kind.startswith("hf_sc"):
         return f"transformers generate, static batch {kind.removeprefix('hf_sc')}, static cache"
+    if kind.startswith("hf_compiled"):
+        return f"transformers generate, static batch {kind.removeprefix('hf_compiled')}, static cache, torch.compile"
     return fixed.get(kind, kind)
 
 

@@ -225,3 +225,21 @@ def test_python_clients_http_sync_async_and_handle(gateway_server):
         assert await HandleClient().complete("The import system", max_tokens=10, temperature=0) == whole
 
     asyncio.run(main())
+
+
+def test_structured_output_streams_whole_through_the_output_safety_guard(gateway_server):
+    """The output guard holds back text that may start a blocked phrase; a JSON-constrained stream through it
+    arrives whole and parses (the guard composes with structured outputs)."""
+    body = {"messages": [{"role": "user", "content": "flag"}], "max_tokens": 40, "temperature": 0.7, "seed": 2,
+            "stream": True, "response_format": {"type": "json_schema", "json_schema": {"name": "f", "schema": {
+                "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                "additionalProperties": False}}}}
+    status, _, raw = post(gateway_server, "/v1/chat/completions", body, headers={"Cache-Control": "no-cache"})
+    assert status == 200, raw
+    text, finish = "", None
+    for line in raw.decode().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for c in json.loads(line[6:]).get("choices", []):
+                text += c["delta"].get("content") or ""
+                finish = c["finish_reason"] or finish
+    assert finish == "stop" and json.loads(text) in ({"ok": True}, {"ok": False}), (finish, text)
