@@ -129,7 +129,8 @@ def test_auto_parses_the_models_markup_even_split_across_chunks(client):
     content, calls, finish, order = _streamed_calls(client.chat.completions.create(
         model="toolsmodel", messages=ASK, tools=TOOLS, max_tokens=120, temperature=0.8, seed=1, stream=True,
         extra_body=extra))
-    assert content == "I will check. " and finish == "tool_calls" and order[0] == ["name", "arguments"]
+    assert content == "I will check. " and finish == "tool_calls"
+    assert order[0][0] == "name" and order[0].count("arguments") > 1  # the arguments stream as the model writes
     assert json.loads(calls[0]["arguments"]) == args  # same seed, same call
     # tool_choice none: the same output is content, unparsed
     r = client.chat.completions.create(model="toolsmodel", messages=ASK, tools=TOOLS, tool_choice="none",

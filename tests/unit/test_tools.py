@@ -36,6 +36,22 @@ def test_hermes_markup_split_at_every_position_parses_the_same():
             assert [e[1] for e in opened] == [0, 1]  # each call opens once, with its index
 
 
+def test_hermes_arguments_stream_in_fragments_after_the_name():
+    s = ToolStream("hermes")
+    events = [e for ch in HERMES for e in s.feed(ch)] + s.finish()
+    calls = [e for e in events if e[0] == "call"]
+    first = [e for e in calls if e[1] == 0]
+    assert first[0][3] and first[0][2].name == "get_weather"  # the name goes out first
+    fragments = [e[4] for e in first[1:]]
+    assert len(fragments) > 3 and json.loads("".join(fragments)) == {"city": "Paris"}
+    assert not any(f.endswith("}}") for f in fragments)  # the outer object's brace is never sent
+    assert "".join(e[1] for e in events if e[0] == "content") == "Let me check.  Done."
+    # parse_whole (a whole response) parses each call whole; a call cut by max_tokens streams what it had
+    s = ToolStream("hermes")
+    events = s.feed('<tool_call>{"name": "get_time", "arguments": {"tz": "U') + s.finish()
+    assert s.calls[0].name == "get_time" and s.calls[0].arguments == '{"tz": "U'
+
+
 def test_content_streams_before_markup_completes_and_a_tag_prefix_is_held():
     s = ToolStream("hermes")
     assert s.feed("Hello <tool") == [("content", "Hello ")]  # "<tool" may start a tag: held

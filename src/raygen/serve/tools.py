@@ -18,6 +18,7 @@ chunks is held until it is whole.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -94,7 +95,10 @@ class ToolStream:
     """One choice's output, fed as it streams. feed()/finish() return events: ("content", text) or
     ("call", index, Call, first, arguments) — first=True opens the call (id, name), the arguments follow."""
 
-    def __init__(self, mode: str, named: str | None = None):
+    def __init__(self, mode: str, named: str | None = None, incremental: bool = True):
+        """incremental: a hermes call opens as soon as its name is read and its arguments stream as they
+        come (what a client sees); off, each call is parsed whole at its close tag, and markup whose JSON
+        does not parse stays text (a whole response)."""
         if mode not in ("named", "required", *PARSERS):
             raise ConfigError(f"unknown tool-call mode {mode!r}; use named, required, {' or '.join(PARSERS)}")
         self.mode, self.named = mode, named
@@ -103,6 +107,8 @@ class ToolStream:
         self._in_call = False
         self._started = False  # named: the call was opened
         self._decided = False  # llama3_json: whether the output is a call (starts with { or the python tag)
+        self._open: Call | None = None  # hermes: the call whose arguments are streaming
+        self.incremental = incremental
         self._json_mode = False
 
     # -- feeding --------------------------------------------------------------------------------------
@@ -169,7 +175,18 @@ class ToolStream:
                 if i:
                     out.append(("content", self._buf[:i]))
                 self._buf, self._in_call = self._buf[i + len(HERMES_OPEN):], True
+            if self._open is not None:  # a call whose name went out: its arguments stream as they come
+                if not self._stream_arguments(out, final):
+                    return out
+                continue
             j = self._buf.find(HERMES_CLOSE)
+            head = _HEAD.match(self._buf) if self.incremental else None
+            if head and (j < 0 or head.end() <= j):  # {"name": "...", "arguments": seen: open the call now
+                self._open = Call(json.loads(head.group(1)), "")
+                self.calls.append(self._open)
+                out.append(("call", len(self.calls) - 1, self._open, True, ""))
+                self._buf = self._buf[head.end():]
+                continue
             if j < 0:
                 if final:  # the model stopped inside a call: a whole JSON object still counts
                     call = _try_call(self._buf)
@@ -179,6 +196,28 @@ class ToolStream:
             body, self._buf, self._in_call = self._buf[:j], self._buf[j + len(HERMES_CLOSE):], False
             call = _try_call(body)
             out += self._emit_call(call) if call else [("content", HERMES_OPEN + body + HERMES_CLOSE)]
+
+    def _stream_arguments(self, out: list, final: bool) -> bool:
+        """Send the open call's arguments received so far, holding back what may be the object's closing
+        brace and the close tag; True when the call ended (go on parsing what follows it)."""
+        j = self._buf.find(HERMES_CLOSE)
+        if j >= 0 or final:
+            end = j if j >= 0 else len(self._buf)
+            self._send_arguments(out, _without_outer_brace(self._buf[:end]))
+            self._buf = self._buf[end + len(HERMES_CLOSE):] if j >= 0 else ""
+            self._open, self._in_call = None, False
+            return j >= 0
+        text = self._buf[:len(self._buf) - _held_tag_prefix(self._buf, HERMES_CLOSE)]
+        body = text.rstrip()
+        keep = len(body) - 1 if body.endswith("}") else len(text)  # a final "}" may close the outer object
+        self._send_arguments(out, self._buf[:keep])
+        self._buf = self._buf[keep:]
+        return False
+
+    def _send_arguments(self, out: list, text: str) -> None:
+        if text:
+            self._open.arguments += text
+            out.append(("call", self.calls.index(self._open), self._open, False, text))
 
     def _llama(self, final: bool) -> list[tuple]:
         if not self._decided:
@@ -205,6 +244,16 @@ class ToolStream:
         return out
 
 
+# The head of a Hermes call, {"name": "...", "arguments": , after which the arguments stream as they come.
+_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"(?:arguments|parameters)"\s*:\s*')
+
+
+def _without_outer_brace(text: str) -> str:
+    """A call's arguments text without the closing brace of the {"name", "arguments"} object around them."""
+    body = text.rstrip()
+    return body[:-1].rstrip() if body.endswith("}") else text
+
+
 def _try_call(text: str, args_key: str = "arguments") -> Call | None:
     try:
         return _call(json.loads(text), args_key)
@@ -214,7 +263,7 @@ def _try_call(text: str, args_key: str = "arguments") -> Call | None:
 
 def parse_whole(text: str, mode: str, named: str | None = None) -> tuple[str | None, list[Call]]:
     """A finished output as (content or None, tool calls)."""
-    stream = ToolStream(mode, named)
+    stream = ToolStream(mode, named, incremental=False)
     events = stream.feed(text) + stream.finish()
     content = "".join(e[1] for e in events if e[0] == "content")
     return (content or None), stream.calls
