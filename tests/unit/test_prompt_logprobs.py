@@ -91,3 +91,21 @@ def test_out_of_range_prompt_logprobs_are_refused():
 
     with pytest.raises(InvalidPromptError, match="prompt_logprobs"):
         SamplingParams(prompt_logprobs=21)
+
+
+def test_a_long_prompt_on_a_4k_context_llama_shape(tmp_path):
+    """A 2,000-token prompt on a Llama shape with a 4k context, prefilled in 512-token chunks: every one of its
+    logprobs against transformers' single forward."""
+    from transformers import LlamaConfig
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=128, max_position_embeddings=4096, vocab_size=V, initializer_range=0.3,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model.save_pretrained(tmp_path)
+    rng = random.Random(2)
+    prompt = [rng.randrange(V) for _ in range(2000)]
+    engine = LLMEngine(EngineConfig(model=str(tmp_path), max_num_batched_tokens=512, kv_cache_mib=32))
+    (o,), = engine.generate([prompt], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=2))
+    check(o, model, prompt, 2)
