@@ -101,9 +101,13 @@ class LocalCluster:
 
     def _start(self, node: Node, tries: int = 3) -> None:
         """Start a node; again when it gives up (`ray start` allows its raylet 30 s to register, which a
-        loaded 2-core machine starting Python agents can exceed)."""
+        loaded 2-core machine starting Python agents can exceed), on fresh ports each time: a port that
+        free_port() saw free can be taken before the raylet binds it, and then every try on it fails the
+        same way (a local run once lost node b three times over, 'Failed to get node info')."""
         self.nodes[node.name] = node
         for attempt in range(tries):
+            if attempt:
+                self._fresh_ports(node)
             node.start()
             try:
                 self.wait_alive(node.name)
@@ -113,11 +117,14 @@ class LocalCluster:
                 if attempt == tries - 1:
                     raise
 
-    def restart(self, name: str) -> None:
-        node = self.nodes[name]
+    def _fresh_ports(self, node: Node) -> None:
         node.args = [a for a in node.args if not a.startswith(("--node-manager-port", "--object-manager-port",
                                                                "--dashboard-agent", "--runtime-env-agent-port",
                                                                "--metrics-export-port"))] + self._ports()
+
+    def restart(self, name: str) -> None:
+        node = self.nodes[name]
+        self._fresh_ports(node)
         self._start(node)
 
     def kill(self, name: str) -> None:
