@@ -3,8 +3,10 @@ joined by the test process. Started on first use, stopped at the end of the sess
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +26,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def chat_page(url: str):
+    """The server's chat page in headless chromium (skips the test where chromium is not installed; CI installs
+    it), its model list loaded; yields playwright's page."""
+    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser_path is None:
+        pytest.skip("no chromium here: install Debian's `chromium` (CI installs it) to run the UI test")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            yield page
+        finally:
+            browser.close()
+
+
+def send_and_wait(page) -> str:
+    """Click Send and wait for the reply to end; the status line it ended with."""
+    page.click("#send")
+    page.wait_for_function("/^(finish|error)/.test(document.querySelector('#status').textContent)", timeout=60_000)
+    return page.text_content("#status")
 
 
 def registered_checkpoint(run_dir) -> str | None:

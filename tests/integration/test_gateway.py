@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+
+from tests.integration.conftest import chat_page, send_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -175,30 +176,17 @@ def test_ready_and_admin_cache_invalidation(gateway_server):
 
 
 def test_web_ui_streams_a_reply_in_headless_chromium(gateway_server):
-    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser_path is None:
-        pytest.skip("no chromium here: install Debian's `chromium` (CI installs it) to run the UI test")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(gateway_server + "/")
-            page.fill("#key", KEY)
-            page.dispatch_event("#key", "change")
-            page.wait_for_function("document.querySelector('#model').options.length > 0", timeout=30_000)
-            page.fill("#max_tokens", "16")
-            page.fill("#prompt", "What does a for loop do?")
-            page.click("#send")
-            page.wait_for_function("/^(finish|error)/.test(document.querySelector('#status').textContent)",
-                                   timeout=60_000)
-            assert page.text_content("#status").startswith("finish"), page.text_content("#status")
-            reply = page.text_content(".msg.assistant")
-            assert reply and reply.strip(), page.text_content("#status")
-            assert "chunks" in page.text_content("#status")
-        finally:
-            browser.close()
+    with chat_page(gateway_server) as page:
+        page.fill("#key", KEY)
+        page.dispatch_event("#key", "change")
+        page.wait_for_function("document.querySelector('#model').options.length > 0", timeout=30_000)
+        page.fill("#max_tokens", "16")
+        page.fill("#prompt", "What does a for loop do?")
+        status = send_and_wait(page)
+        assert status.startswith("finish"), status
+        reply = page.text_content(".msg.assistant")
+        assert reply and reply.strip(), status
+        assert "chunks" in status
 
 
 def test_python_clients_http_sync_async_and_handle(gateway_server):

@@ -11,7 +11,7 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.integration.conftest import TINY, free_port
+from tests.integration.conftest import TINY, chat_page, free_port, send_and_wait
 from tests.structured_schemas import WEATHER_ARGS
 
 pytestmark = pytest.mark.integration
@@ -149,31 +149,16 @@ def test_a_follow_up_turn_with_the_tool_result(client):
 
 
 def test_the_chat_page_shows_tool_calls(client):
-    import shutil
-
-    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser_path is None:
-        pytest.skip("no chromium here: install Debian's `chromium` (CI installs it) to run the UI test")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(client.raygen_url + "/")
-            page.wait_for_function("document.querySelector('#model').options.length > 0", timeout=30_000)
-            page.fill("#max_tokens", "256")
-            page.fill("#tools", json.dumps(TOOLS[1:]))  # get_time: an enum argument, a short call
-            page.select_option("#tool_choice", "required")
-            page.fill("#prompt", "Weather in Paris?")
-            page.click("#send")
-            page.wait_for_function("/^(finish|error)/.test(document.querySelector('#status').textContent)",
-                                   timeout=60_000)
-            assert page.text_content("#status").startswith("finish: tool_calls"), page.text_content("#status")
-            shown = page.text_content(".msg.tool")
-            assert shown.startswith("tool call get_time({") and shown.endswith("})"), shown
-        finally:
-            browser.close()
+    with chat_page(client.raygen_url) as page:
+        page.wait_for_function("document.querySelector('#model').options.length > 0", timeout=30_000)
+        page.fill("#max_tokens", "256")
+        page.fill("#tools", json.dumps(TOOLS[1:]))  # get_time: an enum argument, a short call
+        page.select_option("#tool_choice", "required")
+        page.fill("#prompt", "Weather in Paris?")
+        status = send_and_wait(page)
+        assert status.startswith("finish: tool_calls"), status
+        shown = page.text_content(".msg.tool")
+        assert shown.startswith("tool call get_time({") and shown.endswith("})"), shown
 
 
 @pytest.mark.parametrize("extra, param", [

@@ -173,3 +173,13 @@ def test_logit_bias_moves_the_sampled_token(tmp_path):
     assert banned[0][0].token_ids[0] != plain[0]
     with pytest.raises(ValueError, match="logit_bias"):
         eng.add_request("bad", [1], SamplingParams(logit_bias={100: 1.0}))
+
+
+def test_tokenize_refuses_a_field_its_input_does_not_use():
+    from raygen.serve.protocol import TokenizeRequest
+
+    with pytest.raises(RequestError) as e:
+        parse_request({"prompt": "x", "add_generation_prompt": False}, TokenizeRequest)
+    assert e.value.param == "add_generation_prompt"
+    assert parse_request({"messages": [{"role": "user", "content": "x"}], "add_special_tokens": True},
+                         TokenizeRequest).add_special_tokens

@@ -120,3 +120,15 @@ def test_constraints_and_modes():
     assert pick_parser("llama3_json", None) == "llama3_json"
     with pytest.raises(ValueError):
         ToolStream("xml")
+
+
+def test_parallel_tool_calls_off_keeps_only_the_first_call_and_the_rest_as_text():
+    content, calls = parse_whole(HERMES, "hermes", parallel=False)
+    assert [c.name for c in calls] == ["get_weather"]
+    assert content == 'Let me check. <tool_call>{"name": "get_time", "arguments": {"tz": "CET"}}</tool_call> Done.'
+    s = ToolStream("hermes", parallel=False)  # streamed alike, split anywhere
+    events = [e for ch in HERMES for e in s.feed(ch)] + s.finish()
+    assert [c.name for c in s.calls] == ["get_weather"] and "".join(e[1] for e in events if e[0] == "content") == content
+    content, calls = parse_whole('{"name": "get_time", "parameters": {}}; {"name": "get_weather", "parameters": {}}',
+                                 "llama3_json", parallel=False)
+    assert [c.name for c in calls] == ["get_time"] and content == '; {"name": "get_weather", "parameters": {}}'

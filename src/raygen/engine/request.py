@@ -112,7 +112,7 @@ class Sequence:
     num_cached_prompt_tokens: int = 0  # prefix-cache hit on admission (usage accounting)
     num_preemptions: int = 0
     prompt_logits: bool = False  # the prompt's logits are wanted (prompt logprobs): no prefix-cache reuse
-    grammar: object | None = None  # its walk through a grammar, for a structured output (engine/structured.py)
+    grammar: object | None = None  # its grammar matcher, for a structured output (engine/structured.py)
     grammar_done: bool = False  # the grammar is complete: the sequence ends after this token
 
     @property

@@ -5,7 +5,7 @@ batched sampler applies to that sequence's row of logits.
                      choice, a grammar (Lark, or GBNF/EBNF as vLLM's xgrammar backend takes it); frozen and
                      hashable: the cache key
     Grammars         one per engine: compiles specs (validated, cached, LRU) and hands each sequence its own
-                     walk; fills the step's bitmasks in one parallel call and applies them in place
+                     matcher; fills the step's bitmasks in one parallel call and applies them in place
 
 Built on llguidance, chosen over xgrammar by measurement (benchmarks/grammar_bench.py; RESULTS.md,
 "Structured outputs"): both fill 64 masks in well under a millisecond against a 40-80 ms step, but
@@ -119,37 +119,27 @@ class Grammars:
         return matcher
 
     # -- in the step loop --------------------------------------------------------------------------------
-    def matcher(self, spec: GrammarSpec) -> Walk:
-        """A new walk through the grammar for one sequence: a copy of the compiled spec's fresh matcher
+    def matcher(self, spec: GrammarSpec):
+        """A new matcher for one sequence's walk through the grammar: a copy of the compiled spec's fresh one
         (compiles on a cache miss: callers should have compiled already)."""
-        return Walk(self.compile(spec).deep_copy())
+        return self.compile(spec).deep_copy()
 
-    def apply(self, logits: torch.Tensor, walks: list[Walk | None]) -> None:
-        """Mask in place every token a row's grammar does not allow next: logits (B, V) float; walks[i] is
-        row i's walk or None (unconstrained rows are left untouched: their mask rows stay all ones)."""
-        rows = [(w.matcher, i) for i, w in enumerate(walks) if w is not None]
+    def apply(self, logits: torch.Tensor, matchers: list) -> None:
+        """Mask in place every token a row's grammar does not allow next: logits (B, V) float; matchers[i] is
+        row i's matcher or None (unconstrained rows are left untouched: their mask rows stay all ones)."""
+        rows = [(m, i) for i, m in enumerate(matchers) if m is not None]
         if not rows:
             return
         llg = _llg()
-        mask = llg.torch.allocate_token_bitmask(len(walks), self.vocab_size)
+        mask = llg.torch.allocate_token_bitmask(len(matchers), self.vocab_size)
         llg.torch.fill_next_token_bitmask_par(self._executor, rows, mask)
         llg.torch.apply_token_bitmask_inplace(logits, mask.to(logits.device, non_blocking=True))
 
     @staticmethod
-    def accept(walk: Walk, token_id: int) -> bool:
-        """Advance the walk by the sampled token; True when the grammar is finished (nothing but EOS may
+    def accept(matcher, token_id: int) -> bool:
+        """Advance the matcher by the sampled token; True when the grammar is finished (nothing but EOS may
         follow), or when the token broke it (cannot happen after a masked sample; end rather than drift)."""
-        m = walk.matcher
-        return not m.consume_token(token_id) or m.is_stopped()
-
-
-class Walk:
-    """One sequence's state in its grammar (llguidance's matcher)."""
-
-    __slots__ = ("matcher",)
-
-    def __init__(self, matcher):
-        self.matcher = matcher
+        return not matcher.consume_token(token_id) or matcher.is_stopped()
 
 
 def _short(exc: BaseException) -> str:

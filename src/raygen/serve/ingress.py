@@ -249,12 +249,7 @@ class Ingress(SpanSource):
     @api.get("/tokenizer_info")
     async def tokenizer_info(self, request: Request):
         """vLLM's /tokenizer_info: special tokens, chat template, context length."""
-        try:
-            key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
-            self.keys.authorize(key, self.model_name)
-            return await self.pre.tokenizer_info.remote()
-        except Exception as exc:
-            return _error(self._as_error(exc), "tokenizer_info")
+        return await self._tokenizer_route(request, None, "tokenizer_info")
 
     @api.post("/detokenize")
     async def detokenize(self, request: Request):
@@ -262,14 +257,18 @@ class Ingress(SpanSource):
         return await self._tokenizer_route(request, DetokenizeRequest, "detokenize")
 
     async def _tokenizer_route(self, request: Request, model_cls, method: str):
+        """The preprocessor's `method`, for an authorized key, with the body as model_cls (None: no body)."""
         try:
             key = self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
-            req = parse_request(await self._body(request), model_cls)
-            if req.model not in (None, self.model_name, f"{self.model_name}/{self.version}"):
-                raise RequestError(f"model {req.model!r} does not exist; this server has {self.model_name!r}",
-                                   status=404, param="model", code="model_not_found")
+            args = []
+            if model_cls is not None:
+                req = parse_request(await self._body(request), model_cls)
+                if req.model not in (None, self.model_name, f"{self.model_name}/{self.version}"):
+                    raise RequestError(f"model {req.model!r} does not exist; this server has {self.model_name!r}",
+                                       status=404, param="model", code="model_not_found")
+                args.append(req)
             self.keys.authorize(key, self.model_name)
-            return await getattr(self.pre, method).remote(req)
+            return await getattr(self.pre, method).remote(*args)
         except Exception as exc:
             return _error(self._as_error(exc), method)
 
@@ -363,14 +362,15 @@ class Ingress(SpanSource):
                                              headers=headers)
         return await self._whole(kind, request_id, first, deltas, ckey, account, obs, version, headers, tool_mode)
 
-    async def _tool_mode(self, req) -> tuple[str, str | None] | None:
-        """(how the output is parsed into tool calls, the forced function's name) or None: no tools, or none."""
+    async def _tool_mode(self, req) -> tuple[str, str | None, bool] | None:
+        """(how the output is parsed into tool calls, the forced function's name, parallel_tool_calls) or None:
+        no tools, or none."""
         choice = req.tool_choice or ("auto" if req.tools else None)
         if not req.tools or choice == "none":
             return None
         if self._tool_parser is None:
             self._tool_parser = await self.pre.tool_parser_name.remote()
-        return tools.mode(choice, self._tool_parser), req.named_tool
+        return tools.mode(choice, self._tool_parser), req.named_tool, req.parallel_tool_calls
 
     async def _parse(self, request: Request, kind: str, obs: RequestObserver):
         """Authenticate, read and validate the body, check the model and the key's right to it."""
@@ -552,7 +552,8 @@ class Ingress(SpanSource):
                 choices.setdefault(d.index, []).append(d)
                 c = fmt.choice(kind, d.index, [d], stream=True, first=first_of_choice, offset=offsets.get(d.index, 0))
                 if tool_mode is not None:
-                    parser = parsers.setdefault(d.index, tools.ToolStream(*tool_mode))
+                    mode, named, parallel = tool_mode
+                    parser = parsers.setdefault(d.index, tools.ToolStream(mode, named, parallel=parallel))
                     events = parser.feed(d.text) + (parser.finish() if d.finish_reason else [])
                     c["delta"] = tools.stream_delta(events, first_of_choice)
                     if d.finish_reason == "stop" and parser.calls:

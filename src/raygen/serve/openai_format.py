@@ -54,12 +54,12 @@ def choice(kind: str, index: int, deltas: list[Delta], stream: bool, first: bool
     return out
 
 
-def with_tool_calls(body: dict, mode: str, named: str | None) -> dict:
+def with_tool_calls(body: dict, mode: str, named: str | None, parallel: bool = True) -> dict:
     """A whole chat body with each choice's tool calls read from its text (serve/tools.py): message.tool_calls,
     the text outside them as content (null when none), finish_reason tool_calls when it stopped on its own."""
     for c in body["choices"]:
         msg = c["message"]
-        content, calls = tools.parse_whole(msg["content"] or "", mode, named)
+        content, calls = tools.parse_whole(msg["content"] or "", mode, named, parallel)
         if calls:
             msg["content"], msg["tool_calls"] = content, [call.as_dict() for call in calls]
             if c["finish_reason"] == "stop":

@@ -108,18 +108,28 @@ class Preprocessor(SpanSource):
             span.set_attribute("raygen.prompt_tokens", len(ids))
             return ids, params
 
+    def _messages(self, messages) -> list[dict]:
+        """Chat messages as the template takes them, with serve.system_prompt in front when they have none."""
+        out = [m.template_dict() for m in messages]
+        if self.system_prompt and out and out[0]["role"] not in ("system", "developer"):
+            out.insert(0, {"role": "system", "content": self.system_prompt})
+        return out
+
+    def _chat_text(self, messages: list[dict], add_generation_prompt: bool = True, tools=None) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt, tools=tools)
+        except Exception as exc:  # templates raise on role orders they do not support
+            raise RequestError(f"messages: {exc}", param="messages") from exc
+
     def tokenize(self, req: TokenizeRequest) -> dict:
-        """POST /tokenize: the ids a prompt (or chat messages, templated as a chat request would be) becomes."""
+        """POST /tokenize: the ids a prompt (or chat messages, templated as a chat request would be) becomes.
+        add_special_tokens defaults to true for a prompt and false for messages (the template writes them), as
+        vLLM's."""
         if req.messages is not None:
-            messages = [m.template_dict() for m in req.messages]
-            if self.system_prompt and messages and messages[0]["role"] not in ("system", "developer"):
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
-            try:
-                text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                          add_generation_prompt=req.add_generation_prompt)
-            except Exception as exc:
-                raise RequestError(f"messages: {exc}", param="messages") from exc
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            text = self._chat_text(self._messages(req.messages), req.add_generation_prompt)
+            special = req.add_special_tokens if "add_special_tokens" in req.model_fields_set else False
+            ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         else:
             ids = self.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"]
         out = {"count": len(ids), "max_model_len": self.context, "tokens": ids}
@@ -157,17 +167,10 @@ class Preprocessor(SpanSource):
         return self._finish(ids, req, req.max_tokens)
 
     def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
-        messages = [m.template_dict() for m in req.messages]
-        if self.system_prompt and messages[0]["role"] not in ("system", "developer"):
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        messages = self._messages(req.messages)
         self._check_input("\n".join(m["content"] for m in messages if m["role"] != "assistant"))
         tools = [{"type": "function", "function": f} for f in req.function_defs] or None
-        try:
-            text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                      add_generation_prompt=True, tools=tools)
-        except Exception as exc:  # templates raise on role orders they do not support
-            raise RequestError(f"messages: {exc}", param="messages") from exc
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(self._chat_text(messages, tools=tools), add_special_tokens=False)["input_ids"]
         return self._finish(ids, req, req.max_completion_tokens or req.max_tokens)
 
     def _finish(self, ids: list[int], req, max_tokens: int | None) -> tuple[list[int], SamplingParams]:

@@ -378,7 +378,7 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | dict | None = None
-    parallel_tool_calls: bool = True  # required: one call or several; auto: the parser takes every call
+    parallel_tool_calls: bool = True  # off: one call at most (required: maxItems 1; auto: the first call only)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -439,7 +439,7 @@ class TokenizeRequest(BaseModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_special_tokens: bool = True  # prompt only, as vLLM
+    add_special_tokens: bool = True  # unset with messages: false (their template writes the special tokens)
     add_generation_prompt: bool = True  # messages only
     return_token_strs: bool = False
 
@@ -447,6 +447,8 @@ class TokenizeRequest(BaseModel):
     def _one_input(self):
         if (self.prompt is None) == (self.messages is None):
             _bad("prompt", "give either prompt or messages")
+        if self.prompt is not None and "add_generation_prompt" in self.model_fields_set:
+            _bad("add_generation_prompt", "applies to messages (the chat template), not to a prompt")
         return self
 
 

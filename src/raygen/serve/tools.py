@@ -95,10 +95,11 @@ class ToolStream:
     """One choice's output, fed as it streams. feed()/finish() return events: ("content", text) or
     ("call", index, Call, first, arguments) — first=True opens the call (id, name), the arguments follow."""
 
-    def __init__(self, mode: str, named: str | None = None, incremental: bool = True):
+    def __init__(self, mode: str, named: str | None = None, incremental: bool = True, parallel: bool = True):
         """incremental: a hermes call opens as soon as its name is read and its arguments stream as they
         come (what a client sees); off, each call is parsed whole at its close tag, and markup whose JSON
-        does not parse stays text (a whole response)."""
+        does not parse stays text (a whole response). parallel (the request's parallel_tool_calls): off,
+        only the first call is one; what follows it stays text."""
         if mode not in ("named", "required", *PARSERS):
             raise ConfigError(f"unknown tool-call mode {mode!r}; use named, required, {' or '.join(PARSERS)}")
         self.mode, self.named = mode, named
@@ -109,6 +110,7 @@ class ToolStream:
         self._decided = False  # llama3_json: whether the output is a call (starts with { or the python tag)
         self._open: Call | None = None  # hermes: the call whose arguments are streaming
         self.incremental = incremental
+        self.parallel = parallel
         self._json_mode = False
 
     # -- feeding --------------------------------------------------------------------------------------
@@ -165,7 +167,7 @@ class ToolStream:
         out = []
         while True:
             if not self._in_call:
-                i = self._buf.find(HERMES_OPEN)
+                i = self._buf.find(HERMES_OPEN) if self.parallel or not self.calls else -1
                 if i < 0:
                     hold = 0 if final else _held_tag_prefix(self._buf, HERMES_OPEN)
                     text, self._buf = self._buf[:len(self._buf) - hold], self._buf[len(self._buf) - hold:]
@@ -235,13 +237,14 @@ class ToolStream:
         if not final:
             return []
         body = self._buf.strip().removeprefix(PYTHON_TAG)
-        out = []
-        for part in body.split(";"):  # Llama 3.1 separates parallel calls with ';'
-            call = _try_call(part, "parameters")
-            if call is None:
-                return [("content", self._buf)]
-            out += self._emit_call(call)
-        return out
+        parts = body.split(";")  # Llama 3.1 separates parallel calls with ';'
+        calls = [_try_call(part, "parameters") for part in parts]
+        if None in calls:
+            return [("content", self._buf)]
+        keep = len(calls) if self.parallel else 1
+        out = [e for call in calls[:keep] for e in self._emit_call(call)]
+        rest = ";".join(parts[keep:])
+        return out + ([("content", ";" + rest)] if rest else [])
 
 
 # The head of a Hermes call, {"name": "...", "arguments": , after which the arguments stream as they come.
@@ -261,9 +264,10 @@ def _try_call(text: str, args_key: str = "arguments") -> Call | None:
         return None
 
 
-def parse_whole(text: str, mode: str, named: str | None = None) -> tuple[str | None, list[Call]]:
+def parse_whole(text: str, mode: str, named: str | None = None, parallel: bool = True
+                ) -> tuple[str | None, list[Call]]:
     """A finished output as (content or None, tool calls)."""
-    stream = ToolStream(mode, named, incremental=False)
+    stream = ToolStream(mode, named, incremental=False, parallel=parallel)
     events = stream.feed(text) + stream.finish()
     content = "".join(e[1] for e in events if e[0] == "content")
     return (content or None), stream.calls
